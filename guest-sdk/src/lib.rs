@@ -1,0 +1,103 @@
+//! Write Roost channel plugins in Rust.
+//!
+//! A Roost plugin is a WebAssembly component that serves the callbacks of a
+//! Phoenix channel: `join`, `handle_in`, `handle_out` and `terminate`. This
+//! crate hides the component plumbing (the `roost:channel` WIT world in
+//! `wit/`) behind a [`Channel`] trait and one macro, [`export_channel!`]:
+//!
+//! ```
+//! use roost_guest::prelude::*;
+//!
+//! struct Ping;
+//!
+//! impl Channel for Ping {
+//!     fn join(_topic: &str, _payload: Payload, _socket: &mut Socket) -> JoinResult {
+//!         Ok(Joined::default())
+//!     }
+//!
+//!     fn handle_in(event: &str, payload: Payload, _socket: &mut Socket) -> Outcome {
+//!         match event {
+//!             "ping" => reply_ok(json!({ "ping": "pong" })),
+//!             "echo" => reply_ok(payload),
+//!             "bye" => reply_ok(json!({ "msg": "bye" })).stop("normal"),
+//!             _ => noreply(),
+//!         }
+//!     }
+//! }
+//!
+//! export_channel!(Ping);
+//! ```
+//!
+//! Build it as a `cdylib` for `wasm32-wasip2`, which emits a component:
+//! `cargo build --release --target wasm32-wasip2`.
+//!
+//! # Layout
+//!
+//! - [`Channel`] (`channel.rs`): the trait, and the adapter that serves it as
+//!   the WIT `handler` export.
+//! - [`Socket`] (`socket.rs`): one callback's context (topic, claims,
+//!   assigns) and the host calls (`push`, `broadcast`, …).
+//! - [`Payload`] (`payload.rs`): a message body, JSON or binary.
+//! - [`Outcome`], [`Joined`] (`outcome.rs`): what callbacks return.
+//! - [`log`]: lines to the host's log.
+//!
+//! # State
+//!
+//! Channel functions take no `self`. One instance of a plugin serves every
+//! channel routed to it and may be swapped for a new build between any two
+//! calls, so a channel's state lives in its *assigns*, a JSON object that the
+//! host stores per joined channel: set it with [`Socket::assign`], read it
+//! with [`Socket::assigns`].
+
+mod channel;
+pub mod log;
+mod outcome;
+mod payload;
+mod socket;
+
+pub use channel::Channel;
+#[doc(hidden)]
+pub use channel::Adapter;
+pub use outcome::{
+    JoinResult, Joined, Outcome, Reply, noreply, reply, reply_error, reply_ok, stop,
+};
+pub use payload::Payload;
+pub use socket::Socket;
+
+/// Everything a plugin needs: `use roost_guest::prelude::*;`.
+pub mod prelude {
+    pub use crate::log;
+    pub use crate::{
+        Channel, JoinResult, Joined, Outcome, Payload, Socket, export_channel, noreply, reply,
+        reply_error, reply_ok, stop,
+    };
+    pub use serde_json::{Value, json};
+}
+
+/// Exports a [`Channel`] implementation as this component's `handler`.
+///
+/// Use it once per plugin crate, at the top level: `export_channel!(Ping);`.
+#[macro_export]
+macro_rules! export_channel {
+    ($channel:ty) => {
+        const _: () = {
+            // wit-bindgen's export macro takes a type name, not a path.
+            type RoostChannelAdapter = $crate::Adapter<$channel>;
+            $crate::__export_channel_impl!(RoostChannelAdapter with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// The WIT bindings, generated from `wit/channel.wit`. Plugins use them only
+/// through [`export_channel!`].
+#[doc(hidden)]
+#[allow(unsafe_code, missing_docs, clippy::all, clippy::unwrap_used)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "channel",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_channel_impl",
+        default_bindings_module: "roost_guest::bindings",
+    });
+}

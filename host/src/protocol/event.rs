@@ -1,0 +1,14 @@
+//! Reserved topic and event names, verbatim from Phoenix.
+
+/// The topic of socket-level messages such as heartbeats.
+pub const PHOENIX: &str = "phoenix";
+pub const HEARTBEAT: &str = "heartbeat";
+pub const PHX_JOIN: &str = "phx_join";
+pub const PHX_LEAVE: &str = "phx_leave";
+pub const PHX_REPLY: &str = "phx_reply";
+pub const PHX_CLOSE: &str = "phx_close";
+pub const PHX_ERROR: &str = "phx_error";
+
+/// Reply statuses.
+pub const OK: &str = "ok";
+pub const ERROR: &str = "error";

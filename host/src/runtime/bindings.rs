@@ -1,0 +1,182 @@
+//! The `roost:channel` world for wasmtime, and the host side of its imports.
+//!
+//! Imports do no I/O: `push` and `broadcast` are recorded as [`Effect`]s in
+//! call order, and the socket applies them once the callback returns (after
+//! the reply for `join`). So a guest cannot block on the host, and a trap
+//! halfway through a callback applies nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::StoreLimits;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::protocol::Payload;
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "roost:channel/channel",
+    exports: { default: async },
+});
+
+pub use roost::channel::types::{Level, Payload as WitPayload};
+
+/// Something a guest asked the host to do during a callback.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send an event to the calling channel's client.
+    Push { event: String, payload: Payload },
+    /// Send an event to every subscriber of `topic` in the app, or every
+    /// subscriber but the calling channel when `exclude_self`.
+    Broadcast {
+        topic: String,
+        event: String,
+        payload: Payload,
+        exclude_self: bool,
+    },
+}
+
+/// What a callback decided, checked and converted from the guest's outcome.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// `(status, response)` for a `phx_reply`.
+    pub reply: Option<(String, Payload)>,
+    /// The channel's new assigns (validated JSON text), if they changed.
+    pub assigns: Option<String>,
+    pub stop: Option<String>,
+}
+
+/// Per-instance store state.
+pub struct StoreData {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    pub(super) node: Arc<str>,
+    pub(super) app: Arc<str>,
+    pub(super) plugin: Arc<str>,
+    /// The running call's topic, for log lines.
+    pub(super) topic: String,
+    /// When the running call must have returned.
+    pub(super) deadline: Instant,
+    /// The running call's time budget, for error messages.
+    pub(super) budget: Duration,
+    /// Effects recorded by the running call.
+    pub(super) effects: Vec<Effect>,
+    /// The first invalid thing the running call passed to an import.
+    pub(super) bad_import: Option<String>,
+}
+
+impl StoreData {
+    pub(super) fn new(
+        wasi: WasiCtx,
+        limits: StoreLimits,
+        node: Arc<str>,
+        app: Arc<str>,
+        plugin: Arc<str>,
+    ) -> Self {
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            node,
+            app,
+            plugin,
+            topic: String::new(),
+            deadline: Instant::now(),
+            budget: Duration::ZERO,
+            effects: Vec::new(),
+            bad_import: None,
+        }
+    }
+
+    fn payload(&mut self, what: &str, payload: WitPayload) -> Option<Payload> {
+        match from_wit(payload) {
+            Ok(payload) => Some(payload),
+            Err(e) => {
+                self.bad_import
+                    .get_or_insert_with(|| format!("{what} with invalid JSON: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// Converts a guest payload, validating its JSON text.
+pub fn from_wit(payload: WitPayload) -> Result<Payload, serde_json::Error> {
+    match payload {
+        WitPayload::Json(text) => Payload::from_json_text(text),
+        WitPayload::Binary(bytes) => Ok(Payload::Binary(bytes.into())),
+    }
+}
+
+/// Converts a payload for a guest.
+pub fn to_wit(payload: &Payload) -> WitPayload {
+    match payload {
+        Payload::Json(raw) => WitPayload::Json(raw.get().to_owned()),
+        Payload::Binary(bytes) => WitPayload::Binary(bytes.to_vec()),
+    }
+}
+
+impl WasiView for StoreData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl roost::channel::types::Host for StoreData {}
+
+impl roost::channel::host::Host for StoreData {
+    fn push(&mut self, event: String, payload: WitPayload) {
+        if let Some(payload) = self.payload("push", payload) {
+            self.effects.push(Effect::Push { event, payload });
+        }
+    }
+
+    fn broadcast(&mut self, topic: String, event: String, payload: WitPayload) {
+        if let Some(payload) = self.payload("broadcast", payload) {
+            self.effects.push(Effect::Broadcast {
+                topic,
+                event,
+                payload,
+                exclude_self: false,
+            });
+        }
+    }
+
+    fn broadcast_from(&mut self, topic: String, event: String, payload: WitPayload) {
+        if let Some(payload) = self.payload("broadcast-from", payload) {
+            self.effects.push(Effect::Broadcast {
+                topic,
+                event,
+                payload,
+                exclude_self: true,
+            });
+        }
+    }
+
+    fn log(&mut self, level: Level, message: String) {
+        let (app, plugin, topic) = (&*self.app, &*self.plugin, &*self.topic);
+        match level {
+            Level::Trace => tracing::trace!(target: "roost::guest", app, plugin, topic, "{message}"),
+            Level::Debug => tracing::debug!(target: "roost::guest", app, plugin, topic, "{message}"),
+            Level::Info => tracing::info!(target: "roost::guest", app, plugin, topic, "{message}"),
+            Level::Warn => tracing::warn!(target: "roost::guest", app, plugin, topic, "{message}"),
+            Level::Error => tracing::error!(target: "roost::guest", app, plugin, topic, "{message}"),
+        }
+    }
+
+    fn node_name(&mut self) -> String {
+        self.node.to_string()
+    }
+}
+
+/// Adds WASI (with no ambient authority granted per store) and the
+/// `roost:channel/host` imports.
+pub(super) fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    Channel::add_to_linker::<StoreData, HasSelf<StoreData>>(linker, |data| data)
+}

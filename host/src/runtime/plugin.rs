@@ -1,0 +1,363 @@
+//! A compiled plugin version: its `InstancePre`, a small pool of warm
+//! instances, and the channel callbacks run with a deadline and a memory cap.
+//!
+//! Each instance has its own `Store`, so a trap poisons nothing but the
+//! instance that trapped, which is dropped instead of going back to the pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use wasmtime::component::Component;
+use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use super::bindings::{self, Channel, ChannelPre, Effect, Outcome, StoreData};
+use super::guest_log::GuestLog;
+use super::Runtime;
+use crate::protocol::Payload;
+use bindings::roost::channel::types as wit;
+
+/// Warm instances kept per plugin version. Calls rarely overlap (one per
+/// runtime thread, plus the few that yield at a deadline tick), so a few is
+/// enough; more would only hold guest memory.
+const MAX_WARM: usize = 4;
+
+/// Default deadline of a callback, and of `join`, which may do more work.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(1);
+pub const JOIN_DEADLINE: Duration = Duration::from_secs(5);
+/// Linear memory one instance may grow to.
+pub const MEMORY_LIMIT: usize = 64 << 20;
+
+/// Why a guest call failed. Any of these ends the channel (or the join).
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    #[error("guest exceeded its {0:?} deadline")]
+    Deadline(Duration),
+    #[error("guest exceeded its memory limit")]
+    MemoryLimit,
+    #[error("guest returned invalid output: {0}")]
+    BadOutput(String),
+    #[error("could not instantiate the plugin: {0}")]
+    Instantiate(String),
+}
+
+impl PluginError {
+    /// A short word for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Trap(_) => "trap",
+            Self::Deadline(_) => "deadline",
+            Self::MemoryLimit => "memory",
+            Self::BadOutput(_) => "bad_output",
+            Self::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+/// Who a callback runs for; the host's view of the WIT `context`.
+#[derive(Debug, Clone, Copy)]
+pub struct CallContext<'a> {
+    pub topic: &'a str,
+    pub socket_id: Option<&'a str>,
+    pub claims: &'a str,
+    pub assigns: &'a str,
+}
+
+/// A callback's result and the effects it recorded, in call order.
+#[derive(Debug)]
+pub struct Called<T> {
+    pub value: T,
+    pub effects: Vec<Effect>,
+}
+
+/// One compiled version of a plugin file.
+pub struct Plugin {
+    runtime: Runtime,
+    app: Arc<str>,
+    /// The file stem, e.g. `room_chat`.
+    name: Arc<str>,
+    path: PathBuf,
+    pre: ChannelPre<StoreData>,
+    intercepts: Vec<String>,
+    warm: Mutex<Vec<Warm>>,
+}
+
+struct Warm {
+    store: Store<StoreData>,
+    channel: Channel,
+}
+
+impl Plugin {
+    /// Compiles the file off the async threads, then validates the result by
+    /// instantiating it once and reading its intercepts.
+    pub async fn load(runtime: &Runtime, app: &str, path: &Path) -> anyhow::Result<Self> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("reading plugin {}", path.display()))?;
+        let engine = runtime.engine().clone();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await?
+            .map_err(super::anyhow_error)
+            .with_context(|| format!("compiling plugin {}", path.display()))?;
+        Self::from_component(runtime, app, path, &component)
+            .await
+            .with_context(|| format!("loading plugin {}", path.display()))
+    }
+
+    async fn from_component(
+        runtime: &Runtime,
+        app: &str,
+        path: &Path,
+        component: &Component,
+    ) -> anyhow::Result<Self> {
+        let instance_pre = runtime
+            .linker()
+            .instantiate_pre(component)
+            .map_err(super::anyhow_error)
+            .context("the component does not fit the roost:channel world")?;
+        let pre = ChannelPre::new(instance_pre)
+            .map_err(super::anyhow_error)
+            .context("the component does not export roost:channel/handler")?;
+        let name = path
+            .file_stem()
+            .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into());
+        let mut plugin = Self {
+            runtime: runtime.clone(),
+            app: app.into(),
+            name,
+            path: path.to_owned(),
+            pre,
+            intercepts: Vec::new(),
+            warm: Mutex::new(Vec::new()),
+        };
+        let mut lease = plugin.lease("", CALL_DEADLINE).await?;
+        let result = lease
+            .channel
+            .roost_channel_handler()
+            .call_intercepts(&mut lease.store)
+            .await;
+        plugin.intercepts = plugin.finish(lease, result)?.value;
+        Ok(plugin)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Broadcast events this plugin handles in `handle_out`.
+    pub fn intercepts(&self, event: &str) -> bool {
+        self.intercepts.iter().any(|e| e == event)
+    }
+
+    /// `join`: `Ok` joins with the outcome, `Err` refuses with a response.
+    pub async fn join(
+        &self,
+        ctx: CallContext<'_>,
+        payload: &Payload,
+    ) -> Result<Called<Result<Outcome, Payload>>, PluginError> {
+        let mut lease = self.lease(ctx.topic, JOIN_DEADLINE).await?;
+        let result = lease
+            .channel
+            .roost_channel_handler()
+            .call_join(&mut lease.store, &self.context(ctx), &bindings::to_wit(payload))
+            .await;
+        let called = self.finish(lease, result)?;
+        let value = match called.value {
+            Ok(outcome) => Ok(convert_outcome(outcome)?),
+            Err(refusal) => Err(bindings::from_wit(refusal).map_err(bad_output)?),
+        };
+        Ok(Called {
+            value,
+            effects: called.effects,
+        })
+    }
+
+    /// `handle_in`: an event from the channel's client.
+    pub async fn handle_in(
+        &self,
+        ctx: CallContext<'_>,
+        event: &str,
+        payload: &Payload,
+    ) -> Result<Called<Outcome>, PluginError> {
+        let mut lease = self.lease(ctx.topic, CALL_DEADLINE).await?;
+        let result = lease
+            .channel
+            .roost_channel_handler()
+            .call_handle_in(&mut lease.store, &self.context(ctx), event, &bindings::to_wit(payload))
+            .await;
+        self.finish(lease, result)?.try_map(convert_outcome)
+    }
+
+    /// `handle_out`: an intercepted broadcast about to reach the client.
+    pub async fn handle_out(
+        &self,
+        ctx: CallContext<'_>,
+        event: &str,
+        payload: &Payload,
+    ) -> Result<Called<Outcome>, PluginError> {
+        let mut lease = self.lease(ctx.topic, CALL_DEADLINE).await?;
+        let result = lease
+            .channel
+            .roost_channel_handler()
+            .call_handle_out(&mut lease.store, &self.context(ctx), event, &bindings::to_wit(payload))
+            .await;
+        self.finish(lease, result)?.try_map(convert_outcome)
+    }
+
+    /// `terminate`: the channel is going away for `reason`.
+    pub async fn terminate(&self, ctx: CallContext<'_>, reason: &str) -> Result<Called<()>, PluginError> {
+        let mut lease = self.lease(ctx.topic, CALL_DEADLINE).await?;
+        let result = lease
+            .channel
+            .roost_channel_handler()
+            .call_terminate(&mut lease.store, &self.context(ctx), reason)
+            .await;
+        self.finish(lease, result)
+    }
+
+    fn context(&self, ctx: CallContext<'_>) -> wit::Context {
+        wit::Context {
+            app: self.app.to_string(),
+            topic: ctx.topic.to_owned(),
+            socket_id: ctx.socket_id.map(str::to_owned),
+            claims: ctx.claims.to_owned(),
+            assigns: ctx.assigns.to_owned(),
+        }
+    }
+
+    /// Takes a warm instance (or makes one) and arms its deadline.
+    async fn lease(&self, topic: &str, deadline: Duration) -> Result<Warm, PluginError> {
+        let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut warm = match warm {
+            Some(warm) => warm,
+            None => self.instantiate().await?,
+        };
+        let data = warm.store.data_mut();
+        data.topic.clear();
+        data.topic.push_str(topic);
+        data.deadline = Instant::now() + deadline;
+        data.budget = deadline;
+        data.effects.clear();
+        data.bad_import = None;
+        warm.store.set_epoch_deadline(1);
+        Ok(warm)
+    }
+
+    async fn instantiate(&self) -> Result<Warm, PluginError> {
+        let log = |stream| GuestLog {
+            app: self.app.clone(),
+            plugin: self.name.clone(),
+            stream,
+        };
+        // No preopened dirs, env, args or network: the guest gets nothing
+        // ambient, only its output streams, which go to the host log.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(log("stdout"))
+            .stderr(log("stderr"))
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(MEMORY_LIMIT)
+            .trap_on_grow_failure(true)
+            .build();
+        let data = StoreData::new(
+            wasi,
+            limits,
+            self.runtime.node().clone(),
+            self.app.clone(),
+            self.name.clone(),
+        );
+        let mut store = Store::new(self.runtime.engine(), data);
+        store.limiter(|data| &mut data.limits);
+        // Checked once per epoch tick: yield to other tasks until the
+        // deadline, then trap.
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        let channel = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
+        Ok(Warm { store, channel })
+    }
+
+    /// Collects a call's effects; the instance goes back to the pool only if
+    /// the call succeeded.
+    fn finish<T>(&self, mut warm: Warm, result: wasmtime::Result<T>) -> Result<Called<T>, PluginError> {
+        let data = warm.store.data_mut();
+        let effects = std::mem::take(&mut data.effects);
+        let bad_import = data.bad_import.take();
+        let value = match result {
+            Ok(value) => value,
+            Err(error) => return Err(classify(error, data.budget)),
+        };
+        if let Some(problem) = bad_import {
+            return Err(PluginError::BadOutput(problem));
+        }
+        let mut pool = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < MAX_WARM {
+            pool.push(warm);
+        }
+        Ok(Called { value, effects })
+    }
+}
+
+impl<T> Called<T> {
+    fn try_map<U>(self, f: impl FnOnce(T) -> Result<U, PluginError>) -> Result<Called<U>, PluginError> {
+        Ok(Called {
+            value: f(self.value)?,
+            effects: self.effects,
+        })
+    }
+}
+
+fn classify(error: wasmtime::Error, budget: Duration) -> PluginError {
+    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+        return PluginError::Deadline(budget);
+    }
+    let text = format!("{error:#}");
+    // StoreLimits reports a refused memory.grow (with trap_on_grow_failure)
+    // as a plain error whose text is the only marker.
+    if text.contains("growing memory") {
+        return PluginError::MemoryLimit;
+    }
+    PluginError::Trap(text)
+}
+
+fn bad_output(error: serde_json::Error) -> PluginError {
+    PluginError::BadOutput(error.to_string())
+}
+
+fn convert_outcome(outcome: wit::Outcome) -> Result<Outcome, PluginError> {
+    let reply = match outcome.reply {
+        Some(reply) => Some((reply.status, bindings::from_wit(reply.response).map_err(bad_output)?)),
+        None => None,
+    };
+    let assigns = match outcome.assigns {
+        Some(text) => {
+            let valid: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&text).map_err(|e| PluginError::BadOutput(format!("assigns: {e}")))?;
+            drop(valid);
+            Some(text)
+        }
+        None => None,
+    };
+    Ok(Outcome {
+        reply,
+        assigns,
+        stop: outcome.stop,
+    })
+}

@@ -1,0 +1,187 @@
+//! A socket's outbound queue, bounded in bytes.
+//!
+//! Everything bound for one client goes through its outbox, in order:
+//! replies and pushes from its own session, fastlane broadcast frames shared
+//! with every other subscriber, and intercepted broadcasts waiting for the
+//! session's `handle_out`. When the queued bytes pass the cap the outbox
+//! overflows: it refuses everything after, and the transport disconnects the
+//! client as a slow consumer — a reconnect can recover, a lost message can't.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::protocol::{Frame, Payload};
+
+/// An encoded frame, cheap to clone for fan-out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WireFrame {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+impl WireFrame {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Text(text) => text.len(),
+            Self::Binary(bytes) => bytes.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Frame> for WireFrame {
+    fn from(frame: Frame) -> Self {
+        match frame {
+            Frame::Text(text) => Self::Text(text.into()),
+            Frame::Binary(bytes) => Self::Binary(bytes.into()),
+        }
+    }
+}
+
+/// A broadcast of an event a plugin intercepts: the subscriber's session
+/// runs `handle_out` for it.
+#[derive(Debug)]
+pub struct Intercepted {
+    pub topic: String,
+    pub event: String,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone)]
+pub enum Item {
+    Frame(WireFrame),
+    Intercept(Arc<Intercepted>),
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        match self {
+            Self::Frame(frame) => frame.len(),
+            Self::Intercept(i) => i.topic.len() + i.event.len() + i.payload.len(),
+        }
+    }
+}
+
+/// The handle to one socket's queue; clones share it.
+#[derive(Clone)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    ready: Notify,
+    cap: usize,
+}
+
+#[derive(Default)]
+struct State {
+    items: VecDeque<Item>,
+    bytes: usize,
+    overflowed: bool,
+}
+
+impl Outbox {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                ready: Notify::new(),
+                cap,
+            }),
+        }
+    }
+
+    /// Queues an item. Returns `false` if the outbox has overflowed (now or
+    /// before), in which case the item is dropped along with the socket.
+    pub fn push(&self, item: Item) -> bool {
+        let len = item.len();
+        {
+            let mut state = self.lock();
+            if state.overflowed {
+                return false;
+            }
+            if state.bytes + len > self.shared.cap {
+                state.overflowed = true;
+                state.items.clear();
+                state.bytes = 0;
+            } else {
+                state.bytes += len;
+                state.items.push_back(item);
+            }
+        }
+        self.shared.ready.notify_one();
+        !self.lock().overflowed
+    }
+
+    /// Moves everything queued into `into`.
+    pub fn drain(&self, into: &mut Vec<Item>) {
+        let mut state = self.lock();
+        into.extend(state.items.drain(..));
+        state.bytes = 0;
+    }
+
+    /// Whether the client fell too far behind and must be disconnected.
+    pub fn overflowed(&self) -> bool {
+        self.lock().overflowed
+    }
+
+    /// Waits until something is pushed (or the outbox overflows). Single
+    /// consumer: the socket's own task.
+    pub async fn ready(&self) {
+        self.shared.ready.notified().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state stays consistent under a panic: every update is one step.
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &str) -> Item {
+        Item::Frame(WireFrame::Text(text.to_owned().into()))
+    }
+
+    #[test]
+    fn queues_in_order_and_drains() {
+        let outbox = Outbox::new(100);
+        assert!(outbox.push(frame("a")));
+        assert!(outbox.push(frame("b")));
+        let mut items = Vec::new();
+        outbox.drain(&mut items);
+        assert_eq!(items.len(), 2);
+        assert!(matches!(&items[0], Item::Frame(WireFrame::Text(t)) if t.as_str() == "a"));
+    }
+
+    #[test]
+    fn overflows_past_the_cap_and_stays_overflowed() {
+        let outbox = Outbox::new(10);
+        assert!(outbox.push(frame("12345")));
+        assert!(outbox.push(frame("67890")));
+        assert!(!outbox.push(frame("x")));
+        assert!(outbox.overflowed());
+        let mut items = Vec::new();
+        outbox.drain(&mut items);
+        assert!(items.is_empty(), "an overflowed outbox holds nothing");
+        assert!(!outbox.push(frame("y")));
+    }
+
+    #[test]
+    fn drained_bytes_free_room() {
+        let outbox = Outbox::new(10);
+        assert!(outbox.push(frame("1234567890")));
+        outbox.drain(&mut Vec::new());
+        assert!(outbox.push(frame("1234567890")));
+    }
+}

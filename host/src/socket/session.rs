@@ -1,0 +1,361 @@
+//! The Phoenix socket state machine for one connection: heartbeats, joins,
+//! leaves and events dispatched to plugins, in the order of
+//! `shared/phoenix-protocol.md` §3.
+//!
+//! The session owns its channel table (no locks: only its transport's task
+//! touches it) and writes everything it sends into its outbox. Plugin calls
+//! are awaited in place, so the messages of one socket are handled strictly
+//! one after another and a join's reply always precedes what follows it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::app::App;
+use crate::protocol::{self, Message, Outbound, Payload, Serializer, event};
+use crate::runtime::{CallContext, Called, Effect, Outcome, PluginError, PluginSlot};
+
+use super::{Intercepted, Item, Outbox};
+use crate::pubsub::Subscriber;
+
+/// Source of server-unique socket numbers, used to tell subscribers apart.
+static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
+
+/// A joined channel: plain data, a few bytes plus its assigns.
+struct Joined {
+    /// The join's ref (V1: the join message's ref); control pushes carry it.
+    join_ref: Option<String>,
+    /// The route's plugin; each call uses whatever version is current.
+    slot: Arc<PluginSlot>,
+    /// The channel's state, a JSON object owned by the host.
+    assigns: String,
+}
+
+/// Where a callback's reply goes.
+enum ReplyTo {
+    /// To the message with this ref.
+    Message(Option<String>),
+    /// Nowhere: `handle_out` has no message to answer.
+    Nobody,
+}
+
+pub struct Session {
+    app: Arc<App>,
+    serializer: Serializer,
+    /// Server-unique number of this socket.
+    socket: u64,
+    /// `users_socket:<sub>` for sockets with a token subject.
+    socket_id: Option<String>,
+    /// Verified token claims as a JSON object.
+    claims: String,
+    outbox: Outbox,
+    channels: HashMap<String, Joined>,
+}
+
+impl Session {
+    pub fn new(app: Arc<App>, serializer: Serializer, socket_id: Option<String>, claims: String) -> Self {
+        let outbox = Outbox::new(app.config.limits.outbox_bytes);
+        Self {
+            app,
+            serializer,
+            socket: NEXT_SOCKET.fetch_add(1, Ordering::Relaxed),
+            socket_id,
+            claims,
+            outbox,
+            channels: HashMap::new(),
+        }
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    pub fn serializer(&self) -> Serializer {
+        self.serializer
+    }
+
+    /// Handles one decoded message from the client.
+    pub async fn handle(&mut self, message: Message) {
+        if message.topic == event::PHOENIX && message.event == event::HEARTBEAT {
+            let reply = reply(None, message.ref_, message.topic, event::OK, Payload::empty());
+            return self.send(reply);
+        }
+        let current = self.channels.get(&message.topic).map(|joined| {
+            message.join_ref.is_none() || message.join_ref == joined.join_ref
+        });
+        match (message.event.as_str(), current) {
+            (event::PHX_JOIN, None) => self.join(message).await,
+            (event::PHX_JOIN, Some(_)) => self.rejoin(message).await,
+            (event::PHX_LEAVE, Some(true)) => self.leave(message).await,
+            (event::PHX_LEAVE, None) => {
+                let Message { join_ref, ref_, topic, .. } = message;
+                self.send(reply(join_ref, ref_, topic, event::OK, Payload::empty()));
+            }
+            (_, Some(true)) => self.handle_in(message).await,
+            // A message for an earlier join of this topic: dropped unanswered.
+            (_, Some(false)) => {}
+            (_, None) => self.send(unmatched(message)),
+        }
+    }
+
+    /// Runs `handle_out` for an intercepted broadcast, if the channel is
+    /// still joined.
+    pub async fn handle_intercept(&mut self, intercepted: &Intercepted) {
+        let Some(joined) = self.channels.get(&intercepted.topic) else {
+            return;
+        };
+        let plugin = joined.slot.current();
+        let result = plugin
+            .handle_out(self.context(&intercepted.topic, joined), &intercepted.event, &intercepted.payload)
+            .await;
+        self.settle(&intercepted.topic, result, ReplyTo::Nobody).await;
+    }
+
+    /// The connection is gone: every channel terminates and unsubscribes.
+    pub async fn close(&mut self) {
+        for (topic, joined) in std::mem::take(&mut self.channels) {
+            self.app.pubsub.unsubscribe(&topic, self.socket);
+            self.terminate(&topic, &joined, "closed").await;
+        }
+    }
+
+    async fn join(&mut self, message: Message) {
+        let Some(slot) = self.app.router.route(&message.topic).cloned() else {
+            tracing::warn!(topic = %message.topic, "ignoring unmatched topic");
+            return self.send(unmatched(message));
+        };
+        let Message { join_ref, ref_, topic, payload, .. } = message;
+        if self.channels.len() >= self.app.config.limits.channels_per_socket {
+            let response = Payload::json_raw(r#"{"reason":"too many channels joined"}"#);
+            return self.send(reply(join_ref, ref_, topic, event::ERROR, response));
+        }
+        // V1 frames carry no join_ref: the join's ref stands in for it.
+        let channel_ref = match self.serializer {
+            Serializer::V1 => join_ref.clone().or_else(|| ref_.clone()),
+            Serializer::V2 => join_ref.clone(),
+        };
+        let plugin = slot.current();
+        let ctx = CallContext {
+            topic: &topic,
+            socket_id: self.socket_id.as_deref(),
+            claims: &self.claims,
+            assigns: "{}",
+        };
+        match plugin.join(ctx, &payload).await {
+            Ok(Called { value: Ok(outcome), effects }) => {
+                self.app.pubsub.subscribe(
+                    &topic,
+                    Subscriber {
+                        socket: self.socket,
+                        serializer: self.serializer,
+                        outbox: self.outbox.clone(),
+                    },
+                );
+                let Outcome { reply: response, assigns, .. } = outcome;
+                let response = response.map_or_else(Payload::empty, |(_, response)| response);
+                self.send(reply(join_ref, ref_, topic.clone(), event::OK, response));
+                self.apply(&topic, &channel_ref, effects);
+                tracing::debug!(topic, plugin = plugin.name(), "joined");
+                let assigns = assigns.unwrap_or_else(|| "{}".to_owned());
+                self.channels.insert(
+                    topic,
+                    Joined {
+                        join_ref: channel_ref,
+                        slot,
+                        assigns,
+                    },
+                );
+            }
+            // A refused join never existed: what it pushed or broadcast is dropped.
+            Ok(Called { value: Err(response), .. }) => {
+                self.send(reply(join_ref, ref_, topic, event::ERROR, response));
+            }
+            Err(error) => {
+                self.log_failure(&topic, plugin.name(), "join", &error);
+                let response = Payload::json_raw(r#"{"reason":"join crashed"}"#);
+                self.send(reply(join_ref, ref_, topic, event::ERROR, response));
+            }
+        }
+    }
+
+    /// A join for a topic already joined: the new join is answered, then the
+    /// old channel terminates and gets `phx_close` with its old join_ref.
+    async fn rejoin(&mut self, message: Message) {
+        let topic = message.topic.clone();
+        let Some(old) = self.remove(&topic) else {
+            return;
+        };
+        self.join(message).await;
+        self.terminate(&topic, &old, "duplicate_join").await;
+        self.send(control(&old.join_ref, topic, event::PHX_CLOSE));
+    }
+
+    async fn leave(&mut self, message: Message) {
+        let Some(joined) = self.remove(&message.topic) else {
+            return;
+        };
+        let Message { ref_, topic, .. } = message;
+        self.send(reply(joined.join_ref.clone(), ref_, topic.clone(), event::OK, Payload::empty()));
+        self.terminate(&topic, &joined, "leave").await;
+        self.send(control(&joined.join_ref, topic, event::PHX_CLOSE));
+    }
+
+    async fn handle_in(&mut self, message: Message) {
+        let Some(joined) = self.channels.get(&message.topic) else {
+            return;
+        };
+        let plugin = joined.slot.current();
+        let result = plugin
+            .handle_in(self.context(&message.topic, joined), &message.event, &message.payload)
+            .await;
+        self.settle(&message.topic, result, ReplyTo::Message(message.ref_)).await;
+    }
+
+    /// Applies a callback's outcome: effects, then the reply, then the new
+    /// assigns, then a stop.
+    async fn settle(&mut self, topic: &str, result: Result<Called<Outcome>, PluginError>, reply_to: ReplyTo) {
+        let Some(joined) = self.channels.get(topic) else {
+            return;
+        };
+        let join_ref = joined.join_ref.clone();
+        let Called { value: outcome, effects } = match result {
+            Ok(called) => called,
+            Err(error) => {
+                let plugin = joined.slot.current();
+                self.log_failure(topic, plugin.name(), "callback", &error);
+                self.remove(topic);
+                return self.send(crashed(&join_ref, topic.to_owned()));
+            }
+        };
+        self.apply(topic, &join_ref, effects);
+        if let (Some((status, response)), ReplyTo::Message(ref_)) = (outcome.reply, reply_to) {
+            self.send(reply(join_ref.clone(), ref_, topic.to_owned(), &status, response));
+        }
+        if let (Some(assigns), Some(joined)) = (outcome.assigns, self.channels.get_mut(topic)) {
+            joined.assigns = assigns;
+        }
+        if let Some(reason) = outcome.stop {
+            self.stop(topic, &reason).await;
+        }
+    }
+
+    /// A plugin stopped its channel: `normal` and `shutdown` close it, any
+    /// other reason errors it, as a Phoenix channel process exit would.
+    async fn stop(&mut self, topic: &str, reason: &str) {
+        let Some(joined) = self.remove(topic) else {
+            return;
+        };
+        self.terminate(topic, &joined, reason).await;
+        let graceful = matches!(reason, "normal" | "shutdown") || reason.starts_with("shutdown:");
+        if graceful {
+            self.send(control(&joined.join_ref, topic.to_owned(), event::PHX_CLOSE));
+        } else {
+            tracing::info!(topic, reason, "channel stopped abnormally");
+            self.send(crashed(&joined.join_ref, topic.to_owned()));
+        }
+    }
+
+    /// Calls `terminate`, best effort, and applies its effects.
+    async fn terminate(&mut self, topic: &str, joined: &Joined, reason: &str) {
+        let plugin = joined.slot.current();
+        match plugin.terminate(self.context(topic, joined), reason).await {
+            Ok(called) => self.apply(topic, &joined.join_ref, called.effects),
+            Err(error) => self.log_failure(topic, plugin.name(), "terminate", &error),
+        }
+    }
+
+    fn remove(&mut self, topic: &str) -> Option<Joined> {
+        let joined = self.channels.remove(topic)?;
+        self.app.pubsub.unsubscribe(topic, self.socket);
+        Some(joined)
+    }
+
+    /// Applies effects in call order, on behalf of the channel `topic`.
+    fn apply(&self, topic: &str, join_ref: &Option<String>, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Push { event, payload } => self.send(Outbound::Push {
+                    join_ref: join_ref.clone(),
+                    ref_: None,
+                    topic: topic.to_owned(),
+                    event,
+                    payload,
+                }),
+                Effect::Broadcast {
+                    topic: to,
+                    event,
+                    payload,
+                    exclude_self,
+                } => {
+                    // broadcast_from skips the sending channel, which is
+                    // subscribed to its own topic only.
+                    let except = (exclude_self && to == topic).then_some(self.socket);
+                    self.app.broadcast(&to, &event, &payload, except);
+                }
+            }
+        }
+    }
+
+    fn context<'a>(&'a self, topic: &'a str, joined: &'a Joined) -> CallContext<'a> {
+        CallContext {
+            topic,
+            socket_id: self.socket_id.as_deref(),
+            claims: &self.claims,
+            assigns: &joined.assigns,
+        }
+    }
+
+    fn send(&self, message: Outbound) {
+        match protocol::encode(self.serializer, &message) {
+            Ok(frame) => {
+                self.outbox.push(Item::Frame(frame.into()));
+            }
+            Err(error) => tracing::warn!(vsn = self.serializer.vsn(), "message not sent: {error}"),
+        }
+    }
+
+    fn log_failure(&self, topic: &str, plugin: &str, call: &str, error: &PluginError) {
+        tracing::warn!(app = %self.app.name, plugin, topic, call, kind = error.kind(), "plugin failed: {error}");
+    }
+}
+
+fn reply(join_ref: Option<String>, ref_: Option<String>, topic: String, status: &str, response: Payload) -> Outbound {
+    Outbound::Reply {
+        join_ref,
+        ref_,
+        topic,
+        status: status.to_owned(),
+        response,
+    }
+}
+
+/// The error reply for a topic with no route or no joined channel; its
+/// join_ref is always null.
+fn unmatched(message: Message) -> Outbound {
+    let response = Payload::json_raw(r#"{"reason":"unmatched topic"}"#);
+    reply(None, message.ref_, message.topic, event::ERROR, response)
+}
+
+/// `phx_close` / `phx_error`: ref = join_ref.
+fn control(join_ref: &Option<String>, topic: String, event: &str) -> Outbound {
+    let payload = if event == event::PHX_ERROR {
+        Payload::json_raw(r#"{"reason":"channel_crash"}"#)
+    } else {
+        Payload::empty()
+    };
+    Outbound::Push {
+        join_ref: join_ref.clone(),
+        ref_: join_ref.clone(),
+        topic,
+        event: event.to_owned(),
+        payload,
+    }
+}
+
+fn crashed(join_ref: &Option<String>, topic: String) -> Outbound {
+    control(join_ref, topic, event::PHX_ERROR)
+}

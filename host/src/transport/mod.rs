@@ -1,0 +1,6 @@
+//! The transports a client connects with. Both feed decoded messages to a
+//! `socket::Session` and deliver what lands in its outbox.
+//!
+//! - `websocket`: `<mount>/websocket`, one task per connection.
+
+pub mod websocket;

@@ -1,0 +1,173 @@
+//! `<mount>/websocket`: the upgrade (vsn negotiation, subprotocol) and the
+//! connection's task, which reads frames into its session and writes the
+//! session's outbox back out, coalescing queued frames into one flush.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::protocol::{self, RawFrame, Serializer};
+use crate::server::Server;
+use crate::socket::{Close, Item, Outbox, Session, WireFrame};
+
+/// Read buffer per connection. Small, because an idle connection should cost
+/// bytes; larger frames simply take more reads.
+const READ_BUFFER: usize = 4 << 10;
+/// Bytes buffered by the WebSocket before it writes to the TCP socket.
+const WRITE_BUFFER: usize = 8 << 10;
+
+/// The subprotocol the official client offers and expects echoed.
+const PHOENIX_SUBPROTOCOL: &str = "phoenix";
+
+pub fn upgrade(
+    server: &Server,
+    app: Arc<App>,
+    upgrade: WebSocketUpgrade,
+    params: &HashMap<String, String>,
+) -> Response {
+    let vsn = params.get("vsn").map(String::as_str);
+    let Some(serializer) = Serializer::negotiate(vsn) else {
+        tracing::warn!(app = %app.name, vsn, "refused: the client's transport version does not match 1.0.0 or 2.0.0");
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    let limits = &app.config.limits;
+    let span = tracing::info_span!("socket", app = %app.name, transport = "websocket", vsn = serializer.vsn());
+    let session = Session::new(app.clone(), serializer, None, "{}".to_owned());
+    let shutdown = server.shutdown_token();
+    let tracker = server.tracker();
+    upgrade
+        .protocols([PHOENIX_SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        .on_upgrade(move |socket| tracker.track_future(run(socket, session, shutdown).instrument(span)))
+}
+
+async fn run(mut socket: WebSocket, mut session: Session, shutdown: CancellationToken) {
+    tracing::debug!("connected");
+    let outbox = session.outbox().clone();
+    let idle = session.app().config.limits.idle_timeout();
+    let mut items = Vec::new();
+    let close = loop {
+        let written = tokio::select! {
+            written = write_queued(&mut socket, &mut session, &mut items) => written,
+            () = overflow(&outbox) => Err(Some(Close::SlowConsumer)),
+        };
+        if let Err(close) = written {
+            break close;
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Some(Close::GoingAway),
+            () = outbox.ready() => {}
+            incoming = tokio::time::timeout(idle, socket.recv()) => match incoming {
+                Err(_) => break Some(Close::IdleTimeout),
+                Ok(None) | Ok(Some(Ok(WsMessage::Close(_)))) => break None,
+                Ok(Some(Err(error))) => break read_error(error),
+                Ok(Some(Ok(message))) => {
+                    let frame = match &message {
+                        WsMessage::Text(text) => RawFrame::Text(text.as_str()),
+                        WsMessage::Binary(bytes) => RawFrame::Binary(bytes),
+                        // Pings are answered by the WebSocket layer itself.
+                        _ => continue,
+                    };
+                    match protocol::decode(session.serializer(), frame) {
+                        Ok(message) => session.handle(message).await,
+                        Err(error) => {
+                            tracing::warn!("closing: malformed frame: {error}");
+                            break Some(Close::MalformedFrame);
+                        }
+                    }
+                }
+            },
+        }
+    };
+    if let Some(close) = close {
+        if close != Close::MalformedFrame {
+            tracing::info!(code = close.code(), "closing: {}", close.reason());
+        }
+        let frame = CloseFrame {
+            code: close.code(),
+            reason: close.reason().into(),
+        };
+        // A slow consumer may never read this; don't wait for it long.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            socket.send(WsMessage::Close(Some(frame))),
+        )
+        .await;
+    }
+    session.close().await;
+    tracing::debug!("disconnected");
+}
+
+/// Writes everything queued, running `handle_out` for intercepted
+/// broadcasts on the way. It returns only after finding the outbox empty, so
+/// a push after that wakes the caller's `outbox.ready()`. `Err(None)` means
+/// the connection is gone.
+async fn write_queued(
+    socket: &mut WebSocket,
+    session: &mut Session,
+    items: &mut Vec<Item>,
+) -> Result<(), Option<Close>> {
+    loop {
+        session.outbox().drain(items);
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut wrote = false;
+        for item in items.drain(..) {
+            match item {
+                Item::Frame(frame) => {
+                    let message = match frame {
+                        WireFrame::Text(text) => WsMessage::Text(text),
+                        WireFrame::Binary(bytes) => WsMessage::Binary(bytes),
+                    };
+                    socket.feed(message).await.map_err(|_| None)?;
+                    wrote = true;
+                }
+                Item::Intercept(intercepted) => session.handle_intercept(&intercepted).await,
+            }
+        }
+        if wrote {
+            socket.flush().await.map_err(|_| None)?;
+        }
+    }
+}
+
+/// Resolves once the outbox has overflowed.
+async fn overflow(outbox: &Outbox) {
+    while !outbox.overflowed() {
+        outbox.ready().await;
+    }
+}
+
+fn read_error(error: axum::Error) -> Option<Close> {
+    let close = match error.into_inner().downcast::<tungstenite::Error>() {
+        Ok(error) => match *error {
+            tungstenite::Error::Capacity(_) => Close::FrameTooLarge,
+            tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_) => Close::MalformedFrame,
+            tungstenite::Error::ConnectionClosed
+            | tungstenite::Error::AlreadyClosed
+            | tungstenite::Error::Io(_) => return None,
+            other => {
+                tracing::warn!("closing: {other}");
+                Close::InternalError
+            }
+        },
+        Err(other) => {
+            tracing::warn!("closing: {other}");
+            Close::InternalError
+        }
+    };
+    tracing::warn!(code = close.code(), "closing: {}", close.reason());
+    Some(close)
+}

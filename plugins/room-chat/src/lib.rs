@@ -1,0 +1,51 @@
+//! The `room-chat` channel (routes `room:*`): a chat room per topic, with the
+//! user's name taken from the token or the join payload.
+
+use roost_guest::prelude::*;
+
+struct RoomChat;
+
+impl Channel for RoomChat {
+    fn join(topic: &str, payload: Payload, socket: &mut Socket) -> JoinResult {
+        let room_id = topic.strip_prefix("room:").unwrap_or(topic).to_owned();
+        let username = username(socket.claims(), &payload);
+        socket.assign("room_id", room_id);
+        socket.assign("username", username);
+        Ok(Joined::reply(json!({ "channel": topic })))
+    }
+
+    fn handle_in(event: &str, payload: Payload, socket: &mut Socket) -> Outcome {
+        match event {
+            "message:add" => {
+                let assigns = socket.assigns();
+                let event = format!(
+                    "room:{}:new_message",
+                    assigns["room_id"].as_str().unwrap_or_default()
+                );
+                let message = json!({
+                    "content": payload["message"],
+                    "user": { "username": assigns["username"] },
+                });
+                socket.broadcast(&event, message);
+                reply_ok(json!({}))
+            }
+            "new_msg" => {
+                socket.broadcast("new_msg", json!({ "body": payload["body"] }));
+                reply_ok(json!({}))
+            }
+            _ => noreply(),
+        }
+    }
+}
+
+/// The token's `username` or `sub` claim, else the join payload's
+/// `username`, else `anonymous`.
+fn username(claims: &Value, payload: &Payload) -> String {
+    [&claims["username"], &claims["sub"], &payload["username"]]
+        .into_iter()
+        .find_map(Value::as_str)
+        .unwrap_or("anonymous")
+        .to_owned()
+}
+
+export_channel!(RoomChat);

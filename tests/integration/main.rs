@@ -1,0 +1,5 @@
+//! Integration tests: a real server on 127.0.0.1:0, real WebSocket clients,
+//! exact frames.
+
+mod channels;
+mod protocol;

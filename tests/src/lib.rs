@@ -1,0 +1,179 @@
+//! Test support: a real Roost server on `127.0.0.1:0` with the sample
+//! plugins, and a WebSocket client that asserts exact frames.
+//!
+//! Every network wait has a timeout, so a broken server fails a test instead
+//! of hanging it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use roost_host::config::Config;
+use roost_host::server::{self, Running};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for a frame that should come.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a test listens to be sure a frame does not come.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// Where the sample plugins are built (by roost-host's build script).
+pub fn plugin(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
+}
+
+/// The sample `demo` app on `/socket`: ping, wildcard and room chat.
+pub fn demo_config() -> String {
+    format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        node = "roost@test"
+
+        [apps.demo]
+        mount = "/socket"
+        [apps.demo.routes]
+        "ping" = "{ping}"
+        "ping:*" = "{ping}"
+        "wild:*" = "{wild}"
+        "room:*" = "{room}"
+        "#,
+        ping = plugin("ping").display(),
+        wild = plugin("wildcard").display(),
+        room = plugin("room_chat").display(),
+    )
+}
+
+/// A running server, shut down when dropped with [`TestServer::stop`] or at
+/// the end of the test's runtime.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    running: Option<Running>,
+}
+
+impl TestServer {
+    /// Starts the demo app.
+    pub async fn demo() -> Self {
+        Self::with_config(&demo_config()).await
+    }
+
+    /// Starts a server from config text (plugin paths absolute).
+    pub async fn with_config(text: &str) -> Self {
+        let config = Config::parse(text, ".".as_ref()).expect("test config is valid");
+        let running = server::start(config).await.expect("server starts");
+        Self {
+            addr: running.addr,
+            running: Some(running),
+        }
+    }
+
+    /// Connects a WebSocket client to `path` (with its query).
+    pub async fn connect(&self, path: &str) -> Client {
+        Client::connect(&format!("ws://{}{}", self.addr, path)).await
+    }
+
+    /// Connects with the V2 serializer to the demo mount.
+    pub async fn connect_v2(&self) -> Client {
+        self.connect("/socket/websocket?vsn=2.0.0").await
+    }
+
+    /// The app mounted at `mount`, to broadcast from the server side.
+    pub fn app(&self, mount: &str) -> std::sync::Arc<roost_host::app::App> {
+        self.running
+            .as_ref()
+            .and_then(|running| running.server().app(mount))
+            .expect("app is mounted")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+}
+
+/// A WebSocket client speaking raw frames.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+        Self { ws }
+    }
+
+    /// Sends a text frame.
+    pub async fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws.send(Message::binary(bytes.to_vec())).await.expect("send");
+    }
+
+    /// The next data frame; panics on close or timeout.
+    pub async fn recv(&mut self) -> Message {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("no frame within the timeout")
+                .expect("connection closed")
+                .expect("read error");
+            match message {
+                Message::Text(_) | Message::Binary(_) => return message,
+                Message::Close(frame) => panic!("closed by the server: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame, which must be text.
+    pub async fn recv_text(&mut self) -> String {
+        match self.recv().await {
+            Message::Text(text) => text.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Asserts the next frame is exactly `expected`.
+    pub async fn expect(&mut self, expected: &str) {
+        assert_eq!(self.recv_text().await, expected);
+    }
+
+    /// Sends `frame` and asserts the next frame is exactly `expected`.
+    pub async fn call(&mut self, frame: &str, expected: &str) {
+        self.send(frame).await;
+        self.expect(expected).await;
+    }
+
+    /// Asserts no data frame arrives for a while.
+    pub async fn expect_silence(&mut self) {
+        if let Ok(Some(Ok(message))) = tokio::time::timeout(QUIET, self.ws.next()).await {
+            if matches!(message, Message::Text(_) | Message::Binary(_)) {
+                panic!("expected silence, got {message:?}");
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection; returns its close frame.
+    pub async fn expect_close(&mut self) -> Option<CloseFrame> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("not closed within the timeout") {
+                Some(Ok(Message::Close(frame))) => return frame,
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+}
