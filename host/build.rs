@@ -39,14 +39,23 @@ fn main() {
     }
     let status = cargo.status().expect("running cargo for the plugins");
     if !status.success() {
-        panic!("building the plugins in {} failed (see the output above)", plugins.display());
+        panic!(
+            "building the plugins in {} failed (see the output above)",
+            plugins.display()
+        );
     }
 }
 
 /// Rebuild when plugin sources, the SDK or the WIT change — but not when the
 /// plugins' own target directory does.
 fn watch(root: &Path) {
-    for path in ["wit", "guest-sdk/src", "guest-sdk/Cargo.toml", "plugins/Cargo.toml", "plugins/Cargo.lock"] {
+    for path in [
+        "wit",
+        "guest-sdk/src",
+        "guest-sdk/Cargo.toml",
+        "plugins/Cargo.toml",
+        "plugins/Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     let entries = std::fs::read_dir(root.join("plugins")).expect("reading plugins/");
@@ -63,10 +72,16 @@ fn ensure_target() {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == TARGET))
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == TARGET)
+        })
         .unwrap_or(false);
     if !installed {
-        let status = Command::new("rustup").args(["target", "add", TARGET]).status();
+        let status = Command::new("rustup")
+            .args(["target", "add", TARGET])
+            .status();
         if !matches!(status, Ok(s) if s.success()) {
             panic!("the {TARGET} target is missing and `rustup target add {TARGET}` failed");
         }

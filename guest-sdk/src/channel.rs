@@ -53,7 +53,10 @@ pub struct Adapter<C>(PhantomData<fn() -> C>);
 
 impl<C: Channel> Guest for Adapter<C> {
     fn intercepts() -> Vec<String> {
-        C::INTERCEPTS.iter().map(|event| event.to_string()).collect()
+        C::INTERCEPTS
+            .iter()
+            .map(|event| event.to_string())
+            .collect()
     }
 
     fn join(ctx: wit::Context, payload: wit::Payload) -> Result<wit::Outcome, wit::Payload> {

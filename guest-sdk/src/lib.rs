@@ -55,9 +55,9 @@ mod outcome;
 mod payload;
 mod socket;
 
-pub use channel::Channel;
 #[doc(hidden)]
 pub use channel::Adapter;
+pub use channel::Channel;
 pub use outcome::{
     JoinResult, Joined, Outcome, Reply, noreply, reply, reply_error, reply_ok, stop,
 };
@@ -82,8 +82,8 @@ macro_rules! export_channel {
     ($channel:ty) => {
         const _: () = {
             // wit-bindgen's export macro takes a type name, not a path.
-            type RoostChannelAdapter = $crate::Adapter<$channel>;
-            $crate::__export_channel_impl!(RoostChannelAdapter with_types_in $crate::bindings);
+            type Exported = $crate::Adapter<$channel>;
+            $crate::__export_channel_impl! { Exported with_types_in $crate::bindings }
         };
     };
 }

@@ -168,8 +168,8 @@ mod tests {
         let mut socket = socket("{}", r#"{"room":"lobby"}"#);
         socket.assign("user", "ana");
         socket.assign("count", 2);
-        let sent: Value = serde_json::from_str(&socket.changed_assigns().expect("changed"))
-            .expect("valid JSON");
+        let sent: Value =
+            serde_json::from_str(&socket.changed_assigns().expect("changed")).expect("valid JSON");
         assert_eq!(sent, json!({ "room": "lobby", "user": "ana", "count": 2 }));
     }
 

@@ -51,7 +51,13 @@ impl App {
     /// Broadcasts to the app's subscribers of `topic` (all but the socket
     /// `except`), through `handle_out` when the topic's plugin intercepts the
     /// event. Returns how many subscribers it reached.
-    pub fn broadcast(&self, topic: &str, event: &str, payload: &Payload, except: Option<u64>) -> usize {
+    pub fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: &Payload,
+        except: Option<u64>,
+    ) -> usize {
         let intercepted = self
             .router
             .route(topic)

@@ -86,6 +86,11 @@ pub struct Limits {
     pub outbox_bytes: usize,
     /// Largest inbound frame, in bytes.
     pub max_frame_bytes: usize,
+    /// How long a long-poll GET waits for messages; a session with no GET
+    /// for 1.5 windows ends.
+    pub longpoll_window_ms: u64,
+    /// Largest long-poll POST body, in bytes.
+    pub longpoll_body_bytes: usize,
 }
 
 impl Default for Limits {
@@ -95,6 +100,8 @@ impl Default for Limits {
             idle_timeout_ms: 60_000,
             outbox_bytes: 1 << 20,
             max_frame_bytes: 1 << 20,
+            longpoll_window_ms: 10_000,
+            longpoll_body_bytes: 4 << 20,
         }
     }
 }
@@ -102,6 +109,10 @@ impl Default for Limits {
 impl Limits {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn longpoll_window(&self) -> Duration {
+        Duration::from_millis(self.longpoll_window_ms)
     }
 }
 
@@ -120,16 +131,26 @@ impl Config {
         let mut config: Config = toml::from_str(text)?;
         let mut mounts: BTreeMap<String, &str> = BTreeMap::new();
         for (name, app) in &mut config.apps {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            {
                 bail!("app `{name}`: names use letters, digits, `-` and `_`");
             }
             let mount = app.mount.trim_end_matches('/');
             if !mount.starts_with('/') || mount.contains(['?', '#', ' ']) {
-                bail!("app `{name}`: key `mount`: `{}` must be a path starting with `/`", app.mount);
+                bail!(
+                    "app `{name}`: key `mount`: `{}` must be a path starting with `/`",
+                    app.mount
+                );
             }
             app.mount = mount.to_owned();
             if let Some(other) = mounts.insert(app.mount.clone(), name) {
-                bail!("app `{name}`: key `mount`: `{}` is already the mount of app `{other}`", app.mount);
+                bail!(
+                    "app `{name}`: key `mount`: `{}` is already the mount of app `{other}`",
+                    app.mount
+                );
             }
             if app.routes.is_empty() {
                 bail!("app `{name}`: key `routes`: at least one topic route is needed");
@@ -139,7 +160,17 @@ impl Config {
                     .with_context(|| format!("app `{name}`: route `{pattern}`"))?;
                 *plugin = base.join(&*plugin);
             }
-            if app.limits.channels_per_socket == 0 || app.limits.idle_timeout_ms == 0 {
+            let limits = &app.limits;
+            if [
+                limits.channels_per_socket,
+                limits.outbox_bytes,
+                limits.max_frame_bytes,
+                limits.longpoll_body_bytes,
+            ]
+            .contains(&0)
+                || limits.idle_timeout_ms == 0
+                || limits.longpoll_window_ms == 0
+            {
                 bail!("app `{name}`: key `limits`: limits must be greater than zero");
             }
         }

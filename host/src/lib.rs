@@ -28,6 +28,8 @@
 //! 6. The socket task writes its outbox out, several frames per flush; a
 //!    client too slow to keep its outbox under the cap is disconnected.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod app;
 pub mod channel;
 pub mod config;

@@ -9,7 +9,10 @@ use roost_host::server;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(version, about = "A Phoenix Channels server whose channel logic runs as WebAssembly components")]
+#[command(
+    version,
+    about = "A Phoenix Channels server whose channel logic runs as WebAssembly components"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +34,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("ROOST_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("ROOST_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     match Cli::parse().command {
         Command::Serve { config, listen } => {
@@ -40,7 +45,9 @@ async fn main() -> anyhow::Result<()> {
                 config.server.listen = listen;
             }
             let running = server::start(config).await?;
-            tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+            tokio::signal::ctrl_c()
+                .await
+                .context("waiting for ctrl-c")?;
             tracing::info!("shutting down");
             running.shutdown().await;
             Ok(())

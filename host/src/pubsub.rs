@@ -79,7 +79,12 @@ impl PubSub {
             let frame = encoded.entry(serializer).or_insert_with(|| {
                 protocol::encode(serializer, &message)
                     .inspect_err(|e| {
-                        tracing::debug!(topic, event, vsn = serializer.vsn(), "broadcast not sent: {e}")
+                        tracing::debug!(
+                            topic,
+                            event,
+                            vsn = serializer.vsn(),
+                            "broadcast not sent: {e}"
+                        )
                     })
                     .ok()
                     .map(WireFrame::from)

@@ -7,10 +7,9 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, Uri};
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -20,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::config::Config;
 use crate::runtime::Runtime;
-use crate::transport::websocket;
+use crate::transport::{longpoll, websocket};
 
 /// Shared server state, cheap to clone into handlers.
 #[derive(Clone)]
@@ -35,6 +34,8 @@ struct Shared {
     shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     tracker: TaskTracker,
+    /// Open long-poll sessions.
+    longpoll: longpoll::Sessions,
 }
 
 impl Server {
@@ -54,6 +55,10 @@ impl Server {
 
     pub fn tracker(&self) -> TaskTracker {
         self.shared.tracker.clone()
+    }
+
+    pub fn longpoll(&self) -> &longpoll::Sessions {
+        &self.shared.longpoll
     }
 }
 
@@ -98,6 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             apps: RwLock::new(apps),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            longpoll: longpoll::Sessions::default(),
         }),
     };
     let listener = TcpListener::bind(config.server.listen)
@@ -112,23 +118,35 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
     });
     tracing::info!(%addr, "listening");
-    Ok(Running { addr, server, serve })
+    Ok(Running {
+        addr,
+        server,
+        serve,
+    })
 }
 
-/// Routes `<mount>/websocket` to its app. Mounts are looked up per request
-/// so apps can come and go while the server runs.
-async fn endpoint(
-    State(server): State<Server>,
-    uri: Uri,
-    Query(params): Query<HashMap<String, String>>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let path = uri.path();
-    if let Some(app) = path.strip_suffix("/websocket").and_then(|mount| server.app(mount)) {
-        return match upgrade {
-            Ok(upgrade) => websocket::upgrade(&server, app, upgrade, &params),
+/// Routes `<mount>/websocket` and `<mount>/longpoll` to their app. Mounts
+/// are looked up per request so apps can come and go while the server runs.
+async fn endpoint(State(server): State<Server>, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let Ok(Query(params)) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri) else {
+        return (StatusCode::BAD_REQUEST, "invalid query string\n").into_response();
+    };
+    let path = parts.uri.path().to_owned();
+    if let Some(app) = path
+        .strip_suffix("/websocket")
+        .and_then(|mount| server.app(mount))
+    {
+        return match WebSocketUpgrade::from_request_parts(&mut parts, &server).await {
+            Ok(upgrade) => websocket::upgrade(&server, app, upgrade, &parts.headers, &params),
             Err(rejection) => rejection.into_response(),
         };
+    }
+    if let Some(app) = path
+        .strip_suffix("/longpoll")
+        .and_then(|mount| server.app(mount))
+    {
+        return longpoll::handle(&server, app, parts.method, &parts.headers, &params, body).await;
     }
     (StatusCode::NOT_FOUND, "no app is mounted here\n").into_response()
 }

@@ -88,11 +88,18 @@ async fn request_ping_is_intercepted_per_subscriber() {
     )
     .await;
     let app = server.app("/socket");
-    let reached = app.broadcast("ping", "request_ping", &Payload::json_raw(r#"{"k":"v"}"#), None);
+    let reached = app.broadcast(
+        "ping",
+        "request_ping",
+        &Payload::json_raw(r#"{"k":"v"}"#),
+        None,
+    );
     assert_eq!(reached, 2);
     // handle_out pushes with each subscriber's own join_ref.
-    a.expect(r#"["1",null,"ping","send_ping",{"from_node":"roost@test","k":"v"}]"#).await;
-    b.expect(r#"["5",null,"ping","send_ping",{"from_node":"roost@test","k":"v"}]"#).await;
+    a.expect(r#"["1",null,"ping","send_ping",{"from_node":"roost@test","k":"v"}]"#)
+        .await;
+    b.expect(r#"["5",null,"ping","send_ping",{"from_node":"roost@test","k":"v"}]"#)
+        .await;
     // A broadcast the plugin does not intercept takes the fastlane.
     app.broadcast("ping", "other", &Payload::json_raw(r#"{"x":1}"#), None);
     a.expect(r#"[null,null,"ping","other",{"x":1}]"#).await;
@@ -119,7 +126,9 @@ async fn wildcard_joins_only_when_b_is_twice_a() {
         let status = if ok { "ok" } else { "error" };
         c.call(
             &format!(r#"["{i}","{i}","{topic}","phx_join",{{}}]"#),
-            &format!(r#"["{i}","{i}","{topic}","phx_reply",{{"response":{{}},"status":"{status}"}}]"#),
+            &format!(
+                r#"["{i}","{i}","{topic}","phx_reply",{{"response":{{}},"status":"{status}"}}]"#
+            ),
         )
         .await;
     }
@@ -157,16 +166,18 @@ async fn room_chat_broadcasts_between_sockets_and_keeps_rooms_apart() {
 
     // The broadcast reaches both lobby members (the sender first, then its
     // reply), and the username comes from alice's join payload (assigns).
-    alice.send(r#"["1","4","room:lobby","message:add",{"message":"hi"}]"#).await;
-    let new_message =
-        r#"[null,null,"room:lobby","room:lobby:new_message",{"content":"hi","user":{"username":"alice"}}]"#;
+    alice
+        .send(r#"["1","4","room:lobby","message:add",{"message":"hi"}]"#)
+        .await;
+    let new_message = r#"[null,null,"room:lobby","room:lobby:new_message",{"content":"hi","user":{"username":"alice"}}]"#;
     alice.expect(new_message).await;
     alice
         .expect(r#"["1","4","room:lobby","phx_reply",{"response":{},"status":"ok"}]"#)
         .await;
     bob.expect(new_message).await;
 
-    bob.send(r#"["2","5","room:lobby","new_msg",{"body":"yo"}]"#).await;
+    bob.send(r#"["2","5","room:lobby","new_msg",{"body":"yo"}]"#)
+        .await;
     let yo = r#"[null,null,"room:lobby","new_msg",{"body":"yo"}]"#;
     bob.expect(yo).await;
     bob.expect(r#"["2","5","room:lobby","phx_reply",{"response":{},"status":"ok"}]"#)
@@ -174,9 +185,9 @@ async fn room_chat_broadcasts_between_sockets_and_keeps_rooms_apart() {
     alice.expect(yo).await;
 
     // Anonymous when neither token nor payload names the user.
-    bob.send(r#"["2","6","room:lobby","message:add",{"message":"me"}]"#).await;
-    let anon =
-        r#"[null,null,"room:lobby","room:lobby:new_message",{"content":"me","user":{"username":"anonymous"}}]"#;
+    bob.send(r#"["2","6","room:lobby","message:add",{"message":"me"}]"#)
+        .await;
+    let anon = r#"[null,null,"room:lobby","room:lobby:new_message",{"content":"me","user":{"username":"anonymous"}}]"#;
     bob.expect(anon).await;
     alice.expect(anon).await;
     bob.recv_text().await; // bob's reply
@@ -208,7 +219,8 @@ async fn leave_closes_the_channel_and_stops_delivery() {
     .await;
     a.expect(r#"["1","1","room:1","phx_close",{}]"#).await;
     b.send(r#"["1","2","room:1","new_msg",{"body":"x"}]"#).await;
-    b.expect(r#"[null,null,"room:1","new_msg",{"body":"x"}]"#).await;
+    b.expect(r#"[null,null,"room:1","new_msg",{"body":"x"}]"#)
+        .await;
     b.recv_text().await;
     a.expect_silence().await;
     a.call(

@@ -2,4 +2,5 @@
 //! exact frames.
 
 mod channels;
+mod longpoll;
 mod protocol;

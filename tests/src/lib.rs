@@ -28,8 +28,14 @@ pub fn plugin(name: &str) -> PathBuf {
         .join(format!("{name}.wasm"))
 }
 
-/// The sample `demo` app on `/socket`: ping, wildcard and room chat.
+/// The sample `demo` app on `/socket`: ping, wildcard and room chat, plus
+/// the `fixture` test plugin on `fixture:*`.
 pub fn demo_config() -> String {
+    demo_config_with("")
+}
+
+/// [`demo_config`] with extra lines in `[apps.demo.limits]`.
+pub fn demo_config_with(limits: &str) -> String {
     format!(
         r#"
         [server]
@@ -43,7 +49,12 @@ pub fn demo_config() -> String {
         "ping:*" = "{ping}"
         "wild:*" = "{wild}"
         "room:*" = "{room}"
+        "fixture:*" = "{fixture}"
+
+        [apps.demo.limits]
+        {limits}
         "#,
+        fixture = plugin("fixture").display(),
         ping = plugin("ping").display(),
         wild = plugin("wildcard").display(),
         room = plugin("room_chat").display(),
@@ -76,6 +87,16 @@ impl TestServer {
     /// Connects a WebSocket client to `path` (with its query).
     pub async fn connect(&self, path: &str) -> Client {
         Client::connect(&format!("ws://{}{}", self.addr, path)).await
+    }
+
+    /// Starts the demo app with extra limits (TOML lines).
+    pub async fn demo_with(limits: &str) -> Self {
+        Self::with_config(&demo_config_with(limits)).await
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
     }
 
     /// Connects with the V2 serializer to the demo mount.
@@ -117,9 +138,17 @@ impl Client {
         self.ws.send(Message::text(text)).await.expect("send");
     }
 
+    /// Sends any message, including raw frames.
+    pub async fn send_message(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send");
+    }
+
     /// Sends a binary frame.
     pub async fn send_binary(&mut self, bytes: &[u8]) {
-        self.ws.send(Message::binary(bytes.to_vec())).await.expect("send");
+        self.ws
+            .send(Message::binary(bytes.to_vec()))
+            .await
+            .expect("send");
     }
 
     /// The next data frame; panics on close or timeout.
@@ -159,17 +188,20 @@ impl Client {
 
     /// Asserts no data frame arrives for a while.
     pub async fn expect_silence(&mut self) {
-        if let Ok(Some(Ok(message))) = tokio::time::timeout(QUIET, self.ws.next()).await {
-            if matches!(message, Message::Text(_) | Message::Binary(_)) {
-                panic!("expected silence, got {message:?}");
-            }
+        if let Ok(Some(Ok(message @ (Message::Text(_) | Message::Binary(_))))) =
+            tokio::time::timeout(QUIET, self.ws.next()).await
+        {
+            panic!("expected silence, got {message:?}");
         }
     }
 
     /// Waits for the server to close the connection; returns its close frame.
     pub async fn expect_close(&mut self) -> Option<CloseFrame> {
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("not closed within the timeout") {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("not closed within the timeout")
+            {
                 Some(Ok(Message::Close(frame))) => return frame,
                 None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,

@@ -75,10 +75,22 @@ mod tests {
 
     #[test]
     fn parses_exact_and_prefix_patterns() {
-        assert_eq!(TopicPattern::parse("ping"), Ok(TopicPattern::Exact("ping".into())));
-        assert_eq!(TopicPattern::parse("room:*"), Ok(TopicPattern::Prefix("room:".into())));
-        assert_eq!(TopicPattern::parse("*"), Ok(TopicPattern::Prefix(String::new())));
-        assert_eq!(TopicPattern::parse("ping:*a"), Err(PatternError::StarInside));
+        assert_eq!(
+            TopicPattern::parse("ping"),
+            Ok(TopicPattern::Exact("ping".into()))
+        );
+        assert_eq!(
+            TopicPattern::parse("room:*"),
+            Ok(TopicPattern::Prefix("room:".into()))
+        );
+        assert_eq!(
+            TopicPattern::parse("*"),
+            Ok(TopicPattern::Prefix(String::new()))
+        );
+        assert_eq!(
+            TopicPattern::parse("ping:*a"),
+            Err(PatternError::StarInside)
+        );
         assert_eq!(TopicPattern::parse("a**"), Err(PatternError::StarInside));
         assert_eq!(TopicPattern::parse(""), Err(PatternError::Empty));
     }

@@ -14,7 +14,9 @@ const REPLY: u8 = 1;
 const BROADCAST: u8 = 2;
 
 pub(super) fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
-    let (&kind, rest) = frame.split_first().ok_or(DecodeError::Binary("empty frame"))?;
+    let (&kind, rest) = frame
+        .split_first()
+        .ok_or(DecodeError::Binary("empty frame"))?;
     if kind != PUSH {
         return Err(DecodeError::Binary("clients may only send kind 0 (push)"));
     }
@@ -107,7 +109,9 @@ pub(super) fn encode(message: &Outbound) -> Result<Vec<u8>, EncodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Frame, RawFrame, Serializer, decode as decode_frame, encode as encode_frame};
+    use crate::protocol::{
+        Frame, RawFrame, Serializer, decode as decode_frame, encode as encode_frame,
+    };
 
     fn bin(s: &'static [u8]) -> Payload {
         Payload::Binary(Bytes::from_static(s))
@@ -139,7 +143,12 @@ mod tests {
         let frame = [0x00, 0x01, 0x01, 0x01, 0x01, 0x30, 0x31, 0x74, 0x65, 0x01];
         let m = decode_frame(Serializer::V2, RawFrame::Binary(&frame)).unwrap();
         assert_eq!(
-            (m.join_ref.as_deref(), m.ref_.as_deref(), &*m.topic, &*m.event),
+            (
+                m.join_ref.as_deref(),
+                m.ref_.as_deref(),
+                &*m.topic,
+                &*m.event
+            ),
             (Some("0"), Some("1"), "t", "e")
         );
         assert_eq!(m.payload, bin(&[1]));

@@ -146,13 +146,7 @@ impl Body<'_> {
     }
 }
 
-type Parts<'a> = (
-    Option<&'a str>,
-    Option<&'a str>,
-    &'a str,
-    &'a str,
-    Body<'a>,
-);
+type Parts<'a> = (Option<&'a str>, Option<&'a str>, &'a str, &'a str, Body<'a>);
 
 fn parts(message: &Outbound) -> Parts<'_> {
     match message {
@@ -257,7 +251,11 @@ mod tests {
 
     #[test]
     fn v2_ignores_trailing_elements() {
-        let m = decode(Serializer::V2, RawFrame::Text(r#"[null,"1","t","e",{},1,2]"#)).unwrap();
+        let m = decode(
+            Serializer::V2,
+            RawFrame::Text(r#"[null,"1","t","e",{},1,2]"#),
+        )
+        .unwrap();
         assert_eq!(m.event, "e");
     }
 
@@ -342,7 +340,10 @@ mod tests {
             r#"["1","1","t","e",{}]"#,
             r#"{"topic":"t","event":"e","payload":{},"ref":5}"#,
         ] {
-            assert!(decode(Serializer::V1, RawFrame::Text(bad)).is_err(), "{bad}");
+            assert!(
+                decode(Serializer::V1, RawFrame::Text(bad)).is_err(),
+                "{bad}"
+            );
         }
     }
 

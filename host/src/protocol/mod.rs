@@ -226,7 +226,9 @@ mod tests {
         assert_eq!(Serializer::negotiate(Some("1.0.0")), Some(Serializer::V1));
         assert_eq!(Serializer::negotiate(Some("2.0.0")), Some(Serializer::V2));
         assert_eq!(Serializer::negotiate(Some("2.0.7")), Some(Serializer::V2));
-        for refused in ["123.1.1", "2.1.0", "2", "2.0", "", "2.0.0.0", "2.0.x", "3.0.0"] {
+        for refused in [
+            "123.1.1", "2.1.0", "2", "2.0", "", "2.0.0.0", "2.0.x", "3.0.0",
+        ] {
             assert_eq!(Serializer::negotiate(Some(refused)), None, "{refused}");
         }
     }

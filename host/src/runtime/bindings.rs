@@ -161,11 +161,17 @@ impl roost::channel::host::Host for StoreData {
     fn log(&mut self, level: Level, message: String) {
         let (app, plugin, topic) = (&*self.app, &*self.plugin, &*self.topic);
         match level {
-            Level::Trace => tracing::trace!(target: "roost::guest", app, plugin, topic, "{message}"),
-            Level::Debug => tracing::debug!(target: "roost::guest", app, plugin, topic, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "roost::guest", app, plugin, topic, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "roost::guest", app, plugin, topic, "{message}")
+            }
             Level::Info => tracing::info!(target: "roost::guest", app, plugin, topic, "{message}"),
             Level::Warn => tracing::warn!(target: "roost::guest", app, plugin, topic, "{message}"),
-            Level::Error => tracing::error!(target: "roost::guest", app, plugin, topic, "{message}"),
+            Level::Error => {
+                tracing::error!(target: "roost::guest", app, plugin, topic, "{message}")
+            }
         }
     }
 

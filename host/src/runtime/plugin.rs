@@ -13,9 +13,9 @@ use wasmtime::component::Component;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
+use super::Runtime;
 use super::bindings::{self, Channel, ChannelPre, Effect, Outcome, StoreData};
 use super::guest_log::GuestLog;
-use super::Runtime;
 use crate::protocol::Payload;
 use bindings::roost::channel::types as wit;
 
@@ -167,7 +167,11 @@ impl Plugin {
         let result = lease
             .channel
             .roost_channel_handler()
-            .call_join(&mut lease.store, &self.context(ctx), &bindings::to_wit(payload))
+            .call_join(
+                &mut lease.store,
+                &self.context(ctx),
+                &bindings::to_wit(payload),
+            )
             .await;
         let called = self.finish(lease, result)?;
         let value = match called.value {
@@ -191,7 +195,12 @@ impl Plugin {
         let result = lease
             .channel
             .roost_channel_handler()
-            .call_handle_in(&mut lease.store, &self.context(ctx), event, &bindings::to_wit(payload))
+            .call_handle_in(
+                &mut lease.store,
+                &self.context(ctx),
+                event,
+                &bindings::to_wit(payload),
+            )
             .await;
         self.finish(lease, result)?.try_map(convert_outcome)
     }
@@ -207,13 +216,22 @@ impl Plugin {
         let result = lease
             .channel
             .roost_channel_handler()
-            .call_handle_out(&mut lease.store, &self.context(ctx), event, &bindings::to_wit(payload))
+            .call_handle_out(
+                &mut lease.store,
+                &self.context(ctx),
+                event,
+                &bindings::to_wit(payload),
+            )
             .await;
         self.finish(lease, result)?.try_map(convert_outcome)
     }
 
     /// `terminate`: the channel is going away for `reason`.
-    pub async fn terminate(&self, ctx: CallContext<'_>, reason: &str) -> Result<Called<()>, PluginError> {
+    pub async fn terminate(
+        &self,
+        ctx: CallContext<'_>,
+        reason: &str,
+    ) -> Result<Called<()>, PluginError> {
         let mut lease = self.lease(ctx.topic, CALL_DEADLINE).await?;
         let result = lease
             .channel
@@ -275,6 +293,8 @@ impl Plugin {
             self.name.clone(),
         );
         let mut store = Store::new(self.runtime.engine(), data);
+        // Instantiation runs guest start-up code: bound it like a join.
+        store.data_mut().deadline = Instant::now() + JOIN_DEADLINE;
         store.limiter(|data| &mut data.limits);
         // Checked once per epoch tick: yield to other tasks until the
         // deadline, then trap.
@@ -296,7 +316,11 @@ impl Plugin {
 
     /// Collects a call's effects; the instance goes back to the pool only if
     /// the call succeeded.
-    fn finish<T>(&self, mut warm: Warm, result: wasmtime::Result<T>) -> Result<Called<T>, PluginError> {
+    fn finish<T>(
+        &self,
+        mut warm: Warm,
+        result: wasmtime::Result<T>,
+    ) -> Result<Called<T>, PluginError> {
         let data = warm.store.data_mut();
         let effects = std::mem::take(&mut data.effects);
         let bad_import = data.bad_import.take();
@@ -316,7 +340,10 @@ impl Plugin {
 }
 
 impl<T> Called<T> {
-    fn try_map<U>(self, f: impl FnOnce(T) -> Result<U, PluginError>) -> Result<Called<U>, PluginError> {
+    fn try_map<U>(
+        self,
+        f: impl FnOnce(T) -> Result<U, PluginError>,
+    ) -> Result<Called<U>, PluginError> {
         Ok(Called {
             value: f(self.value)?,
             effects: self.effects,
@@ -343,13 +370,16 @@ fn bad_output(error: serde_json::Error) -> PluginError {
 
 fn convert_outcome(outcome: wit::Outcome) -> Result<Outcome, PluginError> {
     let reply = match outcome.reply {
-        Some(reply) => Some((reply.status, bindings::from_wit(reply.response).map_err(bad_output)?)),
+        Some(reply) => Some((
+            reply.status,
+            bindings::from_wit(reply.response).map_err(bad_output)?,
+        )),
         None => None,
     };
     let assigns = match outcome.assigns {
         Some(text) => {
-            let valid: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&text).map_err(|e| PluginError::BadOutput(format!("assigns: {e}")))?;
+            let valid: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+                .map_err(|e| PluginError::BadOutput(format!("assigns: {e}")))?;
             drop(valid);
             Some(text)
         }

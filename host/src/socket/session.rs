@@ -53,7 +53,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(app: Arc<App>, serializer: Serializer, socket_id: Option<String>, claims: String) -> Self {
+    pub fn new(
+        app: Arc<App>,
+        serializer: Serializer,
+        socket_id: Option<String>,
+        claims: String,
+    ) -> Self {
         let outbox = Outbox::new(app.config.limits.outbox_bytes);
         Self {
             app,
@@ -81,18 +86,30 @@ impl Session {
     /// Handles one decoded message from the client.
     pub async fn handle(&mut self, message: Message) {
         if message.topic == event::PHOENIX && message.event == event::HEARTBEAT {
-            let reply = reply(None, message.ref_, message.topic, event::OK, Payload::empty());
+            let reply = reply(
+                None,
+                message.ref_,
+                message.topic,
+                event::OK,
+                Payload::empty(),
+            );
             return self.send(reply);
         }
-        let current = self.channels.get(&message.topic).map(|joined| {
-            message.join_ref.is_none() || message.join_ref == joined.join_ref
-        });
+        let current = self
+            .channels
+            .get(&message.topic)
+            .map(|joined| message.join_ref.is_none() || message.join_ref == joined.join_ref);
         match (message.event.as_str(), current) {
             (event::PHX_JOIN, None) => self.join(message).await,
             (event::PHX_JOIN, Some(_)) => self.rejoin(message).await,
             (event::PHX_LEAVE, Some(true)) => self.leave(message).await,
             (event::PHX_LEAVE, None) => {
-                let Message { join_ref, ref_, topic, .. } = message;
+                let Message {
+                    join_ref,
+                    ref_,
+                    topic,
+                    ..
+                } = message;
                 self.send(reply(join_ref, ref_, topic, event::OK, Payload::empty()));
             }
             (_, Some(true)) => self.handle_in(message).await,
@@ -110,9 +127,14 @@ impl Session {
         };
         let plugin = joined.slot.current();
         let result = plugin
-            .handle_out(self.context(&intercepted.topic, joined), &intercepted.event, &intercepted.payload)
+            .handle_out(
+                self.context(&intercepted.topic, joined),
+                &intercepted.event,
+                &intercepted.payload,
+            )
             .await;
-        self.settle(&intercepted.topic, result, ReplyTo::Nobody).await;
+        self.settle(&intercepted.topic, result, ReplyTo::Nobody)
+            .await;
     }
 
     /// The connection is gone: every channel terminates and unsubscribes.
@@ -128,7 +150,13 @@ impl Session {
             tracing::warn!(topic = %message.topic, "ignoring unmatched topic");
             return self.send(unmatched(message));
         };
-        let Message { join_ref, ref_, topic, payload, .. } = message;
+        let Message {
+            join_ref,
+            ref_,
+            topic,
+            payload,
+            ..
+        } = message;
         if self.channels.len() >= self.app.config.limits.channels_per_socket {
             let response = Payload::json_raw(r#"{"reason":"too many channels joined"}"#);
             return self.send(reply(join_ref, ref_, topic, event::ERROR, response));
@@ -146,7 +174,10 @@ impl Session {
             assigns: "{}",
         };
         match plugin.join(ctx, &payload).await {
-            Ok(Called { value: Ok(outcome), effects }) => {
+            Ok(Called {
+                value: Ok(outcome),
+                effects,
+            }) => {
                 self.app.pubsub.subscribe(
                     &topic,
                     Subscriber {
@@ -155,7 +186,11 @@ impl Session {
                         outbox: self.outbox.clone(),
                     },
                 );
-                let Outcome { reply: response, assigns, .. } = outcome;
+                let Outcome {
+                    reply: response,
+                    assigns,
+                    ..
+                } = outcome;
                 let response = response.map_or_else(Payload::empty, |(_, response)| response);
                 self.send(reply(join_ref, ref_, topic.clone(), event::OK, response));
                 self.apply(&topic, &channel_ref, effects);
@@ -171,7 +206,10 @@ impl Session {
                 );
             }
             // A refused join never existed: what it pushed or broadcast is dropped.
-            Ok(Called { value: Err(response), .. }) => {
+            Ok(Called {
+                value: Err(response),
+                ..
+            }) => {
                 self.send(reply(join_ref, ref_, topic, event::ERROR, response));
             }
             Err(error) => {
@@ -199,7 +237,13 @@ impl Session {
             return;
         };
         let Message { ref_, topic, .. } = message;
-        self.send(reply(joined.join_ref.clone(), ref_, topic.clone(), event::OK, Payload::empty()));
+        self.send(reply(
+            joined.join_ref.clone(),
+            ref_,
+            topic.clone(),
+            event::OK,
+            Payload::empty(),
+        ));
         self.terminate(&topic, &joined, "leave").await;
         self.send(control(&joined.join_ref, topic, event::PHX_CLOSE));
     }
@@ -210,19 +254,32 @@ impl Session {
         };
         let plugin = joined.slot.current();
         let result = plugin
-            .handle_in(self.context(&message.topic, joined), &message.event, &message.payload)
+            .handle_in(
+                self.context(&message.topic, joined),
+                &message.event,
+                &message.payload,
+            )
             .await;
-        self.settle(&message.topic, result, ReplyTo::Message(message.ref_)).await;
+        self.settle(&message.topic, result, ReplyTo::Message(message.ref_))
+            .await;
     }
 
     /// Applies a callback's outcome: effects, then the reply, then the new
     /// assigns, then a stop.
-    async fn settle(&mut self, topic: &str, result: Result<Called<Outcome>, PluginError>, reply_to: ReplyTo) {
+    async fn settle(
+        &mut self,
+        topic: &str,
+        result: Result<Called<Outcome>, PluginError>,
+        reply_to: ReplyTo,
+    ) {
         let Some(joined) = self.channels.get(topic) else {
             return;
         };
         let join_ref = joined.join_ref.clone();
-        let Called { value: outcome, effects } = match result {
+        let Called {
+            value: outcome,
+            effects,
+        } = match result {
             Ok(called) => called,
             Err(error) => {
                 let plugin = joined.slot.current();
@@ -233,7 +290,13 @@ impl Session {
         };
         self.apply(topic, &join_ref, effects);
         if let (Some((status, response)), ReplyTo::Message(ref_)) = (outcome.reply, reply_to) {
-            self.send(reply(join_ref.clone(), ref_, topic.to_owned(), &status, response));
+            self.send(reply(
+                join_ref.clone(),
+                ref_,
+                topic.to_owned(),
+                &status,
+                response,
+            ));
         }
         if let (Some(assigns), Some(joined)) = (outcome.assigns, self.channels.get_mut(topic)) {
             joined.assigns = assigns;
@@ -252,7 +315,11 @@ impl Session {
         self.terminate(topic, &joined, reason).await;
         let graceful = matches!(reason, "normal" | "shutdown") || reason.starts_with("shutdown:");
         if graceful {
-            self.send(control(&joined.join_ref, topic.to_owned(), event::PHX_CLOSE));
+            self.send(control(
+                &joined.join_ref,
+                topic.to_owned(),
+                event::PHX_CLOSE,
+            ));
         } else {
             tracing::info!(topic, reason, "channel stopped abnormally");
             self.send(crashed(&joined.join_ref, topic.to_owned()));
@@ -323,7 +390,13 @@ impl Session {
     }
 }
 
-fn reply(join_ref: Option<String>, ref_: Option<String>, topic: String, status: &str, response: Payload) -> Outbound {
+fn reply(
+    join_ref: Option<String>,
+    ref_: Option<String>,
+    topic: String,
+    status: &str,
+    response: Payload,
+) -> Outbound {
     Outbound::Reply {
         join_ref,
         ref_,

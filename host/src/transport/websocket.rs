@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 use futures_util::SinkExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -25,17 +27,27 @@ const WRITE_BUFFER: usize = 8 << 10;
 
 /// The subprotocol the official client offers and expects echoed.
 const PHOENIX_SUBPROTOCOL: &str = "phoenix";
+/// Prefix of the subprotocol that carries the client's `authToken`.
+const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
 
 pub fn upgrade(
     server: &Server,
     app: Arc<App>,
     upgrade: WebSocketUpgrade,
+    headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Response {
     let vsn = params.get("vsn").map(String::as_str);
     let Some(serializer) = Serializer::negotiate(vsn) else {
         tracing::warn!(app = %app.name, vsn, "refused: the client's transport version does not match 1.0.0 or 2.0.0");
         return StatusCode::FORBIDDEN.into_response();
+    };
+    let _auth_token = match subprotocol_token(headers) {
+        Ok(token) => token,
+        Err(reason) => {
+            tracing::warn!(app = %app.name, "refused: {reason}");
+            return StatusCode::FORBIDDEN.into_response();
+        }
     };
     let limits = &app.config.limits;
     let span = tracing::info_span!("socket", app = %app.name, transport = "websocket", vsn = serializer.vsn());
@@ -48,7 +60,40 @@ pub fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
-        .on_upgrade(move |socket| tracker.track_future(run(socket, session, shutdown).instrument(span)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(run(socket, session, shutdown).instrument(span))
+        })
+}
+
+/// The token of the official client's `authToken` option, sent as the
+/// subprotocol `base64url.bearer.phx.<base64 without padding>` next to
+/// `phoenix`. A client that offers subprotocols must offer `phoenix`.
+pub fn subprotocol_token(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
+    if offered.is_empty() {
+        return Ok(None);
+    }
+    if !offered.contains(&PHOENIX_SUBPROTOCOL) {
+        return Err("the client offered subprotocols but not `phoenix`");
+    }
+    let Some(encoded) = offered
+        .iter()
+        .find_map(|p| p.strip_prefix(AUTH_TOKEN_PREFIX))
+    else {
+        return Ok(None);
+    };
+    let bytes = STANDARD_NO_PAD
+        .decode(encoded.trim_end_matches('='))
+        .map_err(|_| "the authToken subprotocol is not valid base64")?;
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| "the authToken subprotocol is not UTF-8")
 }
 
 async fn run(mut socket: WebSocket, mut session: Session, shutdown: CancellationToken) {
