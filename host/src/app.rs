@@ -1,51 +1,137 @@
-//! An app: a mount path, its routes to plugins, its limits and its own
-//! pub/sub. Apps share the server and nothing else: topics, broadcasts and
-//! plugin instances are per app.
+//! An app: a name, its own pub/sub and sockets, and its current state — the
+//! config and routes, which a config reload swaps as a whole. Apps share the
+//! server and nothing else: topics, broadcasts and plugin instances are per
+//! app.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::channel::{Router, TopicPattern};
 use crate::config::AppConfig;
 use crate::protocol::Payload;
 use crate::pubsub::PubSub;
 use crate::runtime::{Plugin, PluginSlot, Runtime};
+use crate::socket::{Close, Item, Outbox};
 
 pub struct App {
     pub name: Arc<str>,
-    pub config: AppConfig,
-    pub router: Router,
     pub pubsub: PubSub,
+    state: RwLock<Arc<AppState>>,
+    /// Every open socket of the app, by its server-unique number.
+    sockets: Mutex<HashMap<u64, Outbox>>,
 }
 
-impl App {
-    /// Loads (compiles and validates) every plugin the app routes to. A file
-    /// routed from several patterns is loaded once.
-    pub async fn load(runtime: &Runtime, name: &str, config: AppConfig) -> anyhow::Result<Self> {
-        let mut slots: HashMap<PathBuf, Arc<PluginSlot>> = HashMap::new();
+/// What a config reload replaces.
+pub struct AppState {
+    pub config: AppConfig,
+    pub router: Router,
+}
+
+impl AppState {
+    /// Builds the routes of `config`, reusing the slots of `current` for
+    /// plugin files it already serves and loading the others. Fails, changing
+    /// nothing, if any new plugin does not load.
+    pub async fn load(
+        runtime: &Runtime,
+        name: &str,
+        config: AppConfig,
+        current: Option<&AppState>,
+    ) -> anyhow::Result<Self> {
+        let mut slots: HashMap<PathBuf, Arc<PluginSlot>> = current
+            .map(|state| {
+                state
+                    .router
+                    .slots()
+                    .map(|s| (s.path().to_owned(), s.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut routes = Vec::with_capacity(config.routes.len());
         for (pattern, path) in &config.routes {
             let slot = match slots.get(path) {
                 Some(slot) => slot.clone(),
                 None => {
                     let plugin = Plugin::load(runtime, name, path).await?;
-                    tracing::info!(app = name, plugin = plugin.name(), path = %path.display(), "plugin loaded");
+                    tracing::info!(app = name, plugin = plugin.name(), version = plugin.version(), path = %path.display(), "plugin loaded");
                     let slot = Arc::new(PluginSlot::new(plugin));
                     slots.insert(path.clone(), slot.clone());
                     slot
                 }
             };
-            // Validated with the config; parsing again cannot fail.
-            let pattern = TopicPattern::parse(pattern)?;
-            routes.push((pattern, slot));
+            routes.push((TopicPattern::parse(pattern)?, slot));
         }
         Ok(Self {
-            name: name.into(),
             config,
             router: Router::new(routes),
-            pubsub: PubSub::default(),
         })
+    }
+}
+
+impl App {
+    pub fn new(name: &str, state: AppState) -> Self {
+        Self {
+            name: name.into(),
+            pubsub: PubSub::default(),
+            state: RwLock::new(Arc::new(state)),
+            sockets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The app's config and routes now.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swaps in a new state. Slots the new routes no longer use are retired,
+    /// and every socket is told to end its channels on them.
+    pub fn replace_state(&self, state: AppState) {
+        let old = std::mem::replace(
+            &mut *self.state.write().unwrap_or_else(|p| p.into_inner()),
+            Arc::new(state),
+        );
+        let new = self.state();
+        let mut retired = false;
+        for slot in old.router.slots() {
+            if !new.router.slots().any(|s| Arc::ptr_eq(s, slot)) {
+                slot.retire();
+                retired = true;
+            }
+        }
+        if retired {
+            self.tell_sockets(Item::Reroute);
+        }
+    }
+
+    /// Closes every socket of the app (it was removed from the config).
+    pub fn close_all(&self, close: Close) {
+        for slot in self.state().router.slots() {
+            slot.retire();
+        }
+        self.tell_sockets(Item::Close(close));
+    }
+
+    pub fn register_socket(&self, socket: u64, outbox: Outbox) {
+        self.lock_sockets().insert(socket, outbox);
+    }
+
+    pub fn unregister_socket(&self, socket: u64) {
+        self.lock_sockets().remove(&socket);
+    }
+
+    /// How many sockets are open.
+    pub fn socket_count(&self) -> usize {
+        self.lock_sockets().len()
+    }
+
+    fn tell_sockets(&self, item: Item) {
+        for outbox in self.lock_sockets().values() {
+            outbox.push_control(item.clone());
+        }
+    }
+
+    fn lock_sockets(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Outbox>> {
+        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Broadcasts to the app's subscribers of `topic` (all but the socket
@@ -59,6 +145,7 @@ impl App {
         except: Option<u64>,
     ) -> usize {
         let intercepted = self
+            .state()
             .router
             .route(topic)
             .is_some_and(|slot| slot.current().intercepts(event));

@@ -33,6 +33,9 @@ pub struct Config {
     /// Apps by name.
     #[serde(default)]
     pub apps: BTreeMap<String, AppConfig>,
+    /// The file this config was read from; hot reload watches it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +45,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// This node's name, passed to plugins (`node-name`).
     pub node: String,
+    /// Reload plugins and this config when their files change.
+    pub watch: bool,
+    /// Where compiled plugins are cached by content hash; empty disables it.
+    pub cache_dir: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -49,7 +56,25 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
             node: default_node_name(),
+            watch: true,
+            cache_dir: default_cache_dir(),
         }
+    }
+}
+
+/// `$XDG_CACHE_HOME/roost/plugins`, else `~/.cache/roost/plugins`.
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("roost/plugins")
+}
+
+impl ServerConfig {
+    /// The compiled-plugin cache directory, unless disabled.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        (!self.cache_dir.as_os_str().is_empty()).then(|| self.cache_dir.clone())
     }
 }
 
@@ -121,12 +146,16 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base).with_context(|| format!("in config {}", path.display()))
+        let path = std::path::absolute(path)?;
+        let base = path.parent().unwrap_or(Path::new("/"));
+        let mut config =
+            Self::parse(&text, base).with_context(|| format!("in config {}", path.display()))?;
+        config.source = Some(path);
+        Ok(config)
     }
 
     /// Parses and validates config text; relative plugin paths are resolved
-    /// against `base`.
+    /// against `base` (made absolute, as hot reload matches file events by path).
     pub fn parse(text: &str, base: &Path) -> anyhow::Result<Self> {
         let mut config: Config = toml::from_str(text)?;
         let mut mounts: BTreeMap<String, &str> = BTreeMap::new();
@@ -158,7 +187,7 @@ impl Config {
             for (pattern, plugin) in &mut app.routes {
                 TopicPattern::parse(pattern)
                     .with_context(|| format!("app `{name}`: route `{pattern}`"))?;
-                *plugin = base.join(&*plugin);
+                *plugin = std::path::absolute(base.join(&*plugin))?;
             }
             let limits = &app.limits;
             if [

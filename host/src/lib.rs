@@ -11,6 +11,7 @@
 //! - [`channel`]: topic patterns and routing.
 //! - [`pubsub`]: per-app subscriptions and encode-once fan-out.
 //! - [`runtime`]: wasmtime, plugins, warm instances, host imports.
+//! - [`reload`]: watches plugin files and the config, swaps in new versions.
 //!
 //! # How a message flows
 //! 1. A client connects to `<mount>/websocket?vsn=2.0.0`; the server finds
@@ -35,6 +36,7 @@ pub mod channel;
 pub mod config;
 pub mod protocol;
 pub mod pubsub;
+pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod socket;

@@ -1,7 +1,7 @@
 //! Binds the listener, loads the apps, routes each request to its app's
 //! transport, and drains every connection on shutdown.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
@@ -16,9 +16,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::App;
-use crate::config::Config;
+use crate::app::{App, AppState};
+use crate::config::{AppConfig, Config};
+use crate::reload;
 use crate::runtime::Runtime;
+use crate::socket::Close;
 use crate::transport::{longpoll, websocket};
 
 /// Shared server state, cheap to clone into handlers.
@@ -28,8 +30,11 @@ pub struct Server {
 }
 
 struct Shared {
-    /// Apps by mount path.
-    apps: RwLock<HashMap<String, Arc<App>>>,
+    runtime: Runtime,
+    /// Apps by mount path; replaced whole when the config changes.
+    apps: RwLock<Arc<HashMap<String, Arc<App>>>>,
+    /// Held while a config is applied, so two reloads never interleave.
+    applying: tokio::sync::Mutex<()>,
     /// Cancelled when the server shuts down; connections close with 1001.
     shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
@@ -41,12 +46,71 @@ struct Shared {
 impl Server {
     /// The app mounted at `mount`, if any.
     pub fn app(&self, mount: &str) -> Option<Arc<App>> {
+        self.mounts().get(mount).cloned()
+    }
+
+    /// Every app.
+    pub fn apps(&self) -> Vec<Arc<App>> {
+        self.mounts().values().cloned().collect()
+    }
+
+    fn mounts(&self) -> Arc<HashMap<String, Arc<App>>> {
         self.shared
             .apps
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(mount)
-            .cloned()
+            .clone()
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.shared.runtime
+    }
+
+    /// Makes `apps` the running set: new apps start, changed apps get their
+    /// new routes and limits, removed apps close their sockets (1001).
+    /// Every plugin that is new is loaded first; if any fails, nothing
+    /// changes and the error says why.
+    pub async fn apply(&self, apps: BTreeMap<String, AppConfig>) -> anyhow::Result<()> {
+        let _applying = self.shared.applying.lock().await;
+        let running: HashMap<Arc<str>, Arc<App>> = self
+            .apps()
+            .into_iter()
+            .map(|app| (app.name.clone(), app))
+            .collect();
+        let mut changed = Vec::new();
+        let mut added = Vec::new();
+        for (name, config) in apps {
+            let current = running.get(name.as_str());
+            let state = AppState::load(
+                self.runtime(),
+                &name,
+                config,
+                current.map(|a| a.state()).as_deref(),
+            )
+            .await
+            .with_context(|| format!("app `{name}`"))?;
+            match current {
+                Some(app) => changed.push((app.clone(), state)),
+                None => added.push(Arc::new(App::new(&name, state))),
+            }
+        }
+        let mut mounts = HashMap::new();
+        for (app, state) in changed {
+            app.replace_state(state);
+            mounts.insert(app.state().config.mount.clone(), app);
+        }
+        for app in added {
+            tracing::info!(app = %app.name, mount = app.state().config.mount, "app ready");
+            mounts.insert(app.state().config.mount.clone(), app);
+        }
+        for (name, app) in &running {
+            if !mounts.values().any(|a| Arc::ptr_eq(a, app)) {
+                tracing::info!(app = %name, "app removed: closing its sockets");
+                app.close_all(Close::GoingAway);
+            }
+        }
+        *self.shared.apps.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(mounts);
+        Ok(())
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -86,26 +150,24 @@ impl Running {
     }
 }
 
-/// Loads every app and starts serving on `config.server.listen`.
+/// Loads every app, starts serving on `config.server.listen`, and watches
+/// the config and plugin files unless `server.watch` is off.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let runtime = Runtime::new(&config.server.node)?;
-    let mut apps = HashMap::new();
-    for (name, app_config) in config.apps {
-        let mount = app_config.mount.clone();
-        let app = App::load(&runtime, &name, app_config)
-            .await
-            .with_context(|| format!("app `{name}`"))?;
-        tracing::info!(app = name, mount, "app ready");
-        apps.insert(mount, Arc::new(app));
-    }
+    let runtime = Runtime::new(&config.server.node, config.server.cache_dir())?;
     let server = Server {
         shared: Arc::new(Shared {
-            apps: RwLock::new(apps),
+            runtime,
+            apps: RwLock::new(Arc::new(HashMap::new())),
+            applying: tokio::sync::Mutex::new(()),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             longpoll: longpoll::Sessions::default(),
         }),
     };
+    server.apply(config.apps).await?;
+    if config.server.watch {
+        reload::watch(server.clone(), config.source)?;
+    }
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;

@@ -4,3 +4,4 @@
 mod channels;
 mod longpoll;
 mod protocol;
+mod reload;

@@ -74,6 +74,21 @@ impl TestServer {
         Self::with_config(&demo_config()).await
     }
 
+    /// Starts a server from a config file, which it then watches.
+    pub async fn from_file(path: &std::path::Path) -> Self {
+        let config = Config::load(path).expect("test config is valid");
+        let running = server::start(config).await.expect("server starts");
+        Self {
+            addr: running.addr,
+            running: Some(running),
+        }
+    }
+
+    /// The running server's shared state.
+    pub fn server(&self) -> &roost_host::server::Server {
+        self.running.as_ref().expect("running").server()
+    }
+
     /// Starts a server from config text (plugin paths absolute).
     pub async fn with_config(text: &str) -> Self {
         let config = Config::parse(text, ".".as_ref()).expect("test config is valid");

@@ -60,6 +60,11 @@ impl Router {
         Self { routes }
     }
 
+    /// Every route's slot (a slot serving several patterns appears once per pattern).
+    pub fn slots(&self) -> impl Iterator<Item = &Arc<PluginSlot>> {
+        self.routes.iter().map(|(_, slot)| slot)
+    }
+
     /// The plugin slot serving `topic`, if any route matches.
     pub fn route(&self, topic: &str) -> Option<&Arc<PluginSlot>> {
         self.routes

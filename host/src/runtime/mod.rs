@@ -15,17 +15,20 @@
 mod bindings;
 mod guest_log;
 mod plugin;
+mod slot;
 
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine};
+use wasmtime::{Cache, CacheConfig, Config, Engine};
 
 pub use bindings::{Effect, Outcome, StoreData};
-pub use plugin::{CallContext, Called, Plugin, PluginError};
+pub use plugin::{CallContext, Called, Plugin, PluginError, content_hash};
+pub use slot::{PluginSlot, SlotStatus};
 
 /// How often the engine's epoch advances. A running guest is checked against
 /// its deadline (and yields to other tasks) once per tick, so this bounds how
@@ -40,16 +43,32 @@ pub struct Runtime {
 
 struct Shared {
     engine: Engine,
+    /// The compiled-plugin cache, if enabled.
+    cache: Option<Cache>,
     linker: Linker<StoreData>,
     /// This server's node name, for the `node-name` import.
     node: Arc<str>,
 }
 
 impl Runtime {
-    /// Creates the engine and starts the epoch ticker thread.
-    pub fn new(node: &str) -> anyhow::Result<Self> {
+    /// Creates the engine and starts the epoch ticker thread. Compiled
+    /// plugins are cached by content hash in `cache_dir`, if given, so a
+    /// restart does not recompile unchanged plugins.
+    pub fn new(node: &str, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        let cache = match cache_dir {
+            Some(dir) => {
+                let mut cache = CacheConfig::new();
+                cache.with_directory(&dir);
+                let cache = Cache::new(cache)
+                    .map_err(anyhow_error)
+                    .with_context(|| format!("compiled-plugin cache in {}", dir.display()))?;
+                config.cache(Some(cache.clone()));
+                Some(cache)
+            }
+            None => None,
+        };
         let engine = Engine::new(&config).map_err(anyhow_error)?;
         let mut linker = Linker::new(&engine);
         bindings::add_to_linker(&mut linker).map_err(anyhow_error)?;
@@ -69,10 +88,19 @@ impl Runtime {
         Ok(Self {
             shared: Arc::new(Shared {
                 engine,
+                cache,
                 linker,
                 node: node.into(),
             }),
         })
+    }
+
+    /// Compilations served from the on-disk cache, and those that were not.
+    pub fn cache_stats(&self) -> (usize, usize) {
+        self.shared
+            .cache
+            .as_ref()
+            .map_or((0, 0), |cache| (cache.cache_hits(), cache.cache_misses()))
     }
 
     fn engine(&self) -> &Engine {
@@ -91,35 +119,4 @@ impl Runtime {
 /// wasmtime has its own error type; keep its whole chain in the message.
 fn anyhow_error(error: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{error:#}")
-}
-
-/// The plugin serving a route. Hot reload replaces what it holds; a channel
-/// keeps the slot, so its next call runs the newest version.
-pub struct PluginSlot {
-    current: RwLock<Arc<Plugin>>,
-}
-
-impl PluginSlot {
-    pub fn new(plugin: Plugin) -> Self {
-        Self {
-            current: RwLock::new(Arc::new(plugin)),
-        }
-    }
-
-    /// The version serving calls now.
-    pub fn current(&self) -> Arc<Plugin> {
-        // A poisoned lock still holds a valid Arc: writers only assign it.
-        self.current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    /// Swaps in a new version; calls already running finish on the old one.
-    pub fn replace(&self, plugin: Plugin) {
-        *self
-            .current
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(plugin);
-    }
 }

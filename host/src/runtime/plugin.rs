@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
 
 use anyhow::Context as _;
 use wasmtime::component::Component;
@@ -81,6 +83,9 @@ pub struct Plugin {
     /// The file stem, e.g. `room_chat`.
     name: Arc<str>,
     path: PathBuf,
+    /// Content hash of the file this version was compiled from.
+    version: String,
+    loaded_at: SystemTime,
     pre: ChannelPre<StoreData>,
     intercepts: Vec<String>,
     warm: Mutex<Vec<Warm>>,
@@ -98,12 +103,13 @@ impl Plugin {
         let bytes = tokio::fs::read(path)
             .await
             .with_context(|| format!("reading plugin {}", path.display()))?;
+        let version = content_hash(&bytes);
         let engine = runtime.engine().clone();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
             .await?
             .map_err(super::anyhow_error)
             .with_context(|| format!("compiling plugin {}", path.display()))?;
-        Self::from_component(runtime, app, path, &component)
+        Self::from_component(runtime, app, path, version, &component)
             .await
             .with_context(|| format!("loading plugin {}", path.display()))
     }
@@ -112,6 +118,7 @@ impl Plugin {
         runtime: &Runtime,
         app: &str,
         path: &Path,
+        version: String,
         component: &Component,
     ) -> anyhow::Result<Self> {
         let instance_pre = runtime
@@ -130,6 +137,8 @@ impl Plugin {
             app: app.into(),
             name,
             path: path.to_owned(),
+            version,
+            loaded_at: SystemTime::now(),
             pre,
             intercepts: Vec::new(),
             warm: Mutex::new(Vec::new()),
@@ -150,6 +159,14 @@ impl Plugin {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
     }
 
     /// Broadcast events this plugin handles in `handle_out`.
@@ -362,6 +379,15 @@ fn classify(error: wasmtime::Error, budget: Duration) -> PluginError {
         return PluginError::MemoryLimit;
     }
     PluginError::Trap(text)
+}
+
+/// The first 16 hex digits of the file's SHA-256: enough to tell versions apart.
+pub fn content_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn bad_output(error: serde_json::Error) -> PluginError {

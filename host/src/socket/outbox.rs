@@ -14,6 +14,7 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::Close;
 use crate::protocol::{Frame, Payload};
 
 /// An encoded frame, cheap to clone for fan-out.
@@ -58,6 +59,10 @@ pub struct Intercepted {
 pub enum Item {
     Frame(WireFrame),
     Intercept(Arc<Intercepted>),
+    /// Some routes were removed: end the channels on retired plugins.
+    Reroute,
+    /// Close the connection.
+    Close(Close),
 }
 
 impl Item {
@@ -65,6 +70,7 @@ impl Item {
         match self {
             Self::Frame(frame) => frame.len(),
             Self::Intercept(i) => i.topic.len() + i.event.len() + i.payload.len(),
+            Self::Reroute | Self::Close(_) => 0,
         }
     }
 }
@@ -119,6 +125,13 @@ impl Outbox {
         }
         self.shared.ready.notify_one();
         !self.lock().overflowed
+    }
+
+    /// Queues a control item past the byte cap, even on an overflowed
+    /// outbox: a close must get through.
+    pub fn push_control(&self, item: Item) {
+        self.lock().items.push_back(item);
+        self.shared.ready.notify_one();
     }
 
     /// Moves everything queued into `into`.

@@ -53,17 +53,20 @@ pub struct Session {
 }
 
 impl Session {
+    /// A new session, registered with its app until dropped.
     pub fn new(
         app: Arc<App>,
         serializer: Serializer,
         socket_id: Option<String>,
         claims: String,
     ) -> Self {
-        let outbox = Outbox::new(app.config.limits.outbox_bytes);
+        let outbox = Outbox::new(app.state().config.limits.outbox_bytes);
+        let socket = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
+        app.register_socket(socket, outbox.clone());
         Self {
             app,
             serializer,
-            socket: NEXT_SOCKET.fetch_add(1, Ordering::Relaxed),
+            socket,
             socket_id,
             claims,
             outbox,
@@ -137,6 +140,23 @@ impl Session {
             .await;
     }
 
+    /// Ends the channels whose plugin a config change removed, with
+    /// `phx_error`, so their clients rejoin and meet the new routes.
+    pub fn reroute(&mut self) {
+        let retired: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, joined)| joined.slot.is_retired())
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        for topic in retired {
+            if let Some(joined) = self.remove(&topic) {
+                tracing::info!(topic, "channel ended: its route was removed");
+                self.send(crashed(&joined.join_ref, topic));
+            }
+        }
+    }
+
     /// The connection is gone: every channel terminates and unsubscribes.
     pub async fn close(&mut self) {
         for (topic, joined) in std::mem::take(&mut self.channels) {
@@ -146,7 +166,8 @@ impl Session {
     }
 
     async fn join(&mut self, message: Message) {
-        let Some(slot) = self.app.router.route(&message.topic).cloned() else {
+        let state = self.app.state();
+        let Some(slot) = state.router.route(&message.topic).cloned() else {
             tracing::warn!(topic = %message.topic, "ignoring unmatched topic");
             return self.send(unmatched(message));
         };
@@ -157,7 +178,7 @@ impl Session {
             payload,
             ..
         } = message;
-        if self.channels.len() >= self.app.config.limits.channels_per_socket {
+        if self.channels.len() >= state.config.limits.channels_per_socket {
             let response = Payload::json_raw(r#"{"reason":"too many channels joined"}"#);
             return self.send(reply(join_ref, ref_, topic, event::ERROR, response));
         }
@@ -387,6 +408,12 @@ impl Session {
 
     fn log_failure(&self, topic: &str, plugin: &str, call: &str, error: &PluginError) {
         tracing::warn!(app = %self.app.name, plugin, topic, call, kind = error.kind(), "plugin failed: {error}");
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.app.unregister_socket(self.socket);
     }
 }
 

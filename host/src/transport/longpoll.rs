@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::protocol::{self, Message, RawFrame, Serializer};
 use crate::server::Server;
-use crate::socket::{Item, Session, WireFrame};
+use crate::socket::{Close, Item, Session, WireFrame};
 
 /// Lines of an ndjson batch that are dispatched; the rest are ignored, as in
 /// Phoenix 1.8.9+.
@@ -149,7 +149,7 @@ async fn poll(
     };
     let token = token.unwrap_or_default();
     handle.shared.touch();
-    let window = app.config.limits.longpoll_window();
+    let window = app.state().config.limits.longpoll_window();
     let deadline = Instant::now() + window;
     loop {
         let arrived = handle.shared.arrived.notified();
@@ -217,7 +217,7 @@ async fn publish(
     let Some(handle) = find(server, &app, headers, params) else {
         return body(410, None, None);
     };
-    let limit = app.config.limits.longpoll_body_bytes;
+    let limit = app.state().config.limits.longpoll_body_bytes;
     let Ok(bytes) = to_bytes(request, limit).await else {
         tracing::warn!(app = %app.name, limit, "long-poll body too large or unreadable");
         return body(413, None, None);
@@ -235,7 +235,7 @@ async fn publish(
             return body(400, None, None);
         }
     };
-    let window = app.config.limits.longpoll_window();
+    let window = app.state().config.limits.longpoll_window();
     let deadline = Instant::now() + window;
     for message in messages {
         let (ack, acked) = oneshot::channel();
@@ -301,12 +301,12 @@ async fn run(
 ) {
     tracing::debug!("long-poll session opened");
     let outbox = session.outbox().clone();
-    let window = session.app().config.limits.longpoll_window();
-    let limit = session.app().config.limits.outbox_bytes;
+    let limits = session.app().state().config.limits.clone();
+    let (window, limit) = (limits.longpoll_window(), limits.outbox_bytes);
     let mut items = Vec::new();
     loop {
-        if !collect(&mut session, &shared, &mut items, limit).await {
-            tracing::info!("closing long-poll session: slow consumer");
+        if let Err(close) = collect(&mut session, &shared, &mut items, limit).await {
+            tracing::info!("closing long-poll session: {}", close.reason());
             break;
         }
         let expiry = shared.last_poll() + window * 3 / 2;
@@ -335,21 +335,22 @@ async fn run(
     session.close().await;
 }
 
-/// Moves the outbox into the poll buffer. Returns `false` when the client
-/// fell too far behind (outbox overflowed, or the buffer passed `limit`).
+/// Moves the outbox into the poll buffer. Fails when the session must end:
+/// the client fell too far behind (outbox overflowed, or the buffer passed
+/// `limit`), or the server closed it.
 async fn collect(
     session: &mut Session,
     shared: &Shared,
     items: &mut Vec<Item>,
     limit: usize,
-) -> bool {
+) -> Result<(), Close> {
     loop {
         if session.outbox().overflowed() {
-            return false;
+            return Err(Close::SlowConsumer);
         }
         session.outbox().drain(items);
         if items.is_empty() {
-            return true;
+            return Ok(());
         }
         let mut arrived = false;
         for item in items.drain(..) {
@@ -358,7 +359,7 @@ async fn collect(
                     let mut frames = shared.frames.lock().unwrap_or_else(|p| p.into_inner());
                     frames.push(text.as_str().to_owned());
                     if frames.iter().map(String::len).sum::<usize>() > limit {
-                        return false;
+                        return Err(Close::SlowConsumer);
                     }
                     arrived = true;
                 }
@@ -367,6 +368,8 @@ async fn collect(
                     tracing::debug!("binary frame not sent: long-poll carries text only");
                 }
                 Item::Intercept(intercepted) => session.handle_intercept(&intercepted).await,
+                Item::Reroute => session.reroute(),
+                Item::Close(close) => return Err(close),
             }
         }
         if arrived {

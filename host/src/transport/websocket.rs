@@ -49,7 +49,7 @@ pub fn upgrade(
             return StatusCode::FORBIDDEN.into_response();
         }
     };
-    let limits = &app.config.limits;
+    let limits = app.state().config.limits.clone();
     let span = tracing::info_span!("socket", app = %app.name, transport = "websocket", vsn = serializer.vsn());
     let session = Session::new(app.clone(), serializer, None, "{}".to_owned());
     let shutdown = server.shutdown_token();
@@ -99,7 +99,7 @@ pub fn subprotocol_token(headers: &HeaderMap) -> Result<Option<String>, &'static
 async fn run(mut socket: WebSocket, mut session: Session, shutdown: CancellationToken) {
     tracing::debug!("connected");
     let outbox = session.outbox().clone();
-    let idle = session.app().config.limits.idle_timeout();
+    let idle = session.app().state().config.limits.idle_timeout();
     let mut items = Vec::new();
     let close = loop {
         let written = tokio::select! {
@@ -180,6 +180,8 @@ async fn write_queued(
                     wrote = true;
                 }
                 Item::Intercept(intercepted) => session.handle_intercept(&intercepted).await,
+                Item::Reroute => session.reroute(),
+                Item::Close(close) => return Err(Some(close)),
             }
         }
         if wrote {

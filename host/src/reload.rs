@@ -1,0 +1,213 @@
+//! Hot reload: watch the plugin files and the config, and swap in what
+//! changed without a restart or a dropped connection.
+//!
+//! File events are debounced per path (a compiler or an editor writes a file
+//! in several steps), then the file is compiled off the async threads and
+//! validated by `Plugin::load`, and swapped into its slot. Calls already
+//! running finish on the old version; joined channels keep their assigns and
+//! are served by the new version from their next message on. A file that
+//! does not load never replaces a working version: the failure is logged and
+//! kept for the status API. A config change is applied whole, or refused
+//! whole (`Server::apply`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::runtime::{Plugin, PluginSlot};
+use crate::server::Server;
+
+/// Quiet time after the last event on a path before it is reloaded: long
+/// enough to merge the steps of one write, short enough to keep the
+/// write-to-serving time well under 100 ms.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// Starts watching `config` (if the server was started from a file) and
+/// every plugin file of every app, on a task that ends with the server.
+pub fn watch(server: Server, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let (events, mut changed) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Our own reads of a file show up as access events: not changes.
+        let Ok(event) = event else { return };
+        let read_only = matches!(
+            event.kind,
+            EventKind::Access(
+                AccessKind::Open(_)
+                    | AccessKind::Read
+                    | AccessKind::Close(
+                        AccessMode::Read
+                            | AccessMode::Execute
+                            | AccessMode::Any
+                            | AccessMode::Other
+                    )
+            )
+        );
+        if !read_only {
+            for path in event.paths {
+                let _ = events.send(path);
+            }
+        }
+    })
+    .context("starting the file watcher")?;
+    let mut watched = BTreeSet::new();
+    rewatch(&server, config.as_deref(), &mut watcher, &mut watched);
+
+    let shutdown = server.shutdown_token();
+    server.tracker().spawn(async move {
+        let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
+        loop {
+            let next = pending.values().min().copied();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(path) = changed.recv() => {
+                    if config.as_deref() == Some(&*path) || !slots(&server, &path).is_empty() {
+                        pending.insert(path, Instant::now() + DEBOUNCE);
+                    }
+                }
+                () = sleep_until(next), if next.is_some() => {
+                    let now = Instant::now();
+                    let ready: Vec<PathBuf> =
+                        pending.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
+                    for path in ready {
+                        pending.remove(&path);
+                        if config.as_deref() == Some(&*path) {
+                            reload_config(&server, &path).await;
+                            rewatch(&server, config.as_deref(), &mut watcher, &mut watched);
+                        } else {
+                            reload_plugin(&server, &path).await;
+                        }
+                    }
+                }
+            }
+        }
+        drop(watcher);
+    });
+    Ok(())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Watches the directory of the config and of every plugin file: files are
+/// often replaced by rename, which a watch on the file itself would lose.
+fn rewatch(
+    server: &Server,
+    config: Option<&Path>,
+    watcher: &mut impl Watcher,
+    watched: &mut BTreeSet<PathBuf>,
+) {
+    let plugin_files = server
+        .apps()
+        .iter()
+        .flat_map(|app| {
+            app.state()
+                .router
+                .slots()
+                .map(|s| s.path().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>();
+    let dirs = config
+        .into_iter()
+        .map(Path::to_owned)
+        .chain(plugin_files)
+        .filter_map(|file| file.parent().map(Path::to_owned));
+    for dir in dirs {
+        if watched.contains(&dir) {
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                tracing::debug!(dir = %dir.display(), "watching");
+                watched.insert(dir);
+            }
+            Err(error) => tracing::warn!(dir = %dir.display(), "cannot watch for changes: {error}"),
+        }
+    }
+}
+
+/// Every (app, slot) serving the file at `path`.
+fn slots(server: &Server, path: &Path) -> Vec<(Arc<App>, Arc<PluginSlot>)> {
+    let mut found: Vec<(Arc<App>, Arc<PluginSlot>)> = Vec::new();
+    for app in server.apps() {
+        for slot in app.state().router.slots() {
+            if slot.path() == path && !found.iter().any(|(_, s)| Arc::ptr_eq(s, slot)) {
+                found.push((app.clone(), slot.clone()));
+            }
+        }
+    }
+    found
+}
+
+/// Size and modification time: how a file still being written is told apart
+/// from a finished bad one.
+fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
+async fn reload_plugin(server: &Server, path: &Path) {
+    for (app, slot) in slots(server, path) {
+        let started = std::time::Instant::now();
+        let before = stamp(path);
+        if before.is_none() {
+            tracing::warn!(app = %app.name, path = %path.display(), "plugin file is gone; the loaded version keeps serving");
+            continue;
+        }
+        match Plugin::load(server.runtime(), &app.name, path).await {
+            Ok(plugin) if plugin.version() == slot.current().version() => {
+                tracing::debug!(app = %app.name, path = %path.display(), "plugin file touched, content unchanged");
+            }
+            Ok(plugin) => {
+                tracing::info!(
+                    app = %app.name,
+                    plugin = plugin.name(),
+                    version = plugin.version(),
+                    previous = slot.current().version(),
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "plugin reloaded"
+                );
+                slot.replace(plugin);
+            }
+            // Changed while we compiled it: a later event brings the rest.
+            Err(_) if stamp(path) != before => {
+                tracing::debug!(app = %app.name, path = %path.display(), "plugin file still changing");
+            }
+            Err(error) => {
+                tracing::warn!(
+                    app = %app.name,
+                    path = %path.display(),
+                    serving = slot.current().version(),
+                    "plugin reload failed, the last good version keeps serving: {error:#}"
+                );
+                slot.record_failure(format!("{error:#}"));
+            }
+        }
+    }
+}
+
+async fn reload_config(server: &Server, path: &Path) {
+    let applied = match Config::load(path) {
+        Ok(config) => server.apply(config.apps).await,
+        Err(error) => Err(error),
+    };
+    match applied {
+        Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
+        Err(error) => tracing::warn!(
+            path = %path.display(),
+            "config change refused, the running config stays: {error:#}"
+        ),
+    }
+}

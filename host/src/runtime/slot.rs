@@ -1,0 +1,109 @@
+//! The plugin serving a route, swappable while channels use it.
+//!
+//! A joined channel keeps its route's slot, so its next call runs whatever
+//! version the slot holds then: hot reload is one pointer swap. The slot
+//! also keeps what the status API reports: the version, when it loaded, and
+//! the last failed reload.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use super::Plugin;
+
+pub struct PluginSlot {
+    path: PathBuf,
+    current: RwLock<Arc<Plugin>>,
+    /// Set when a config change removed the route: channels on it end.
+    retired: AtomicBool,
+    last_error: Mutex<Option<(SystemTime, String)>>,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+}
+
+/// A snapshot for the status API and logs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SlotStatus {
+    pub path: PathBuf,
+    pub plugin: String,
+    /// Content hash of the file now serving.
+    pub version: String,
+    /// Seconds since the Unix epoch.
+    pub loaded_at: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<u64>,
+}
+
+impl PluginSlot {
+    pub fn new(plugin: Plugin) -> Self {
+        Self {
+            path: plugin.path().to_owned(),
+            current: RwLock::new(Arc::new(plugin)),
+            retired: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The version serving calls now.
+    pub fn current(&self) -> Arc<Plugin> {
+        // A poisoned lock still holds a valid Arc: writers only assign it.
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Swaps in a new version; calls already running finish on the old one.
+    pub fn replace(&self, plugin: Plugin) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(plugin);
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a reload that failed; the current version keeps serving.
+    pub fn record_failure(&self, error: String) {
+        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((SystemTime::now(), error));
+    }
+
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    pub fn status(&self) -> SlotStatus {
+        let plugin = self.current();
+        let last_error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        SlotStatus {
+            path: self.path.clone(),
+            plugin: plugin.name().to_owned(),
+            version: plugin.version().to_owned(),
+            loaded_at: unix_seconds(plugin.loaded_at()),
+            reloads: self.reloads.load(Ordering::Relaxed),
+            reload_failures: self.reload_failures.load(Ordering::Relaxed),
+            last_error_at: last_error.as_ref().map(|(at, _)| unix_seconds(*at)),
+            last_error: last_error.map(|(_, error)| error),
+        }
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
