@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::channel::{Router, TopicPattern};
@@ -19,7 +20,15 @@ pub struct App {
     pub pubsub: PubSub,
     state: RwLock<Arc<AppState>>,
     /// Every open socket of the app, by its server-unique number.
-    sockets: Mutex<HashMap<u64, Outbox>>,
+    sockets: Mutex<HashMap<u64, SocketEntry>>,
+    /// Channels joined on all of the app's sockets.
+    channels: AtomicUsize,
+}
+
+struct SocketEntry {
+    /// `users_socket:<sub>`, for disconnecting a user's sockets.
+    socket_id: Option<String>,
+    outbox: Outbox,
 }
 
 /// What a config reload replaces.
@@ -52,7 +61,7 @@ impl AppState {
             let slot = match slots.get(path) {
                 Some(slot) => slot.clone(),
                 None => {
-                    let plugin = Plugin::load(runtime, name, path).await?;
+                    let plugin = Plugin::load(runtime, name, path, config.limits.guest()).await?;
                     tracing::info!(app = name, plugin = plugin.name(), version = plugin.version(), path = %path.display(), "plugin loaded");
                     let slot = Arc::new(PluginSlot::new(plugin));
                     slots.insert(path.clone(), slot.clone());
@@ -75,6 +84,7 @@ impl App {
             pubsub: PubSub::default(),
             state: RwLock::new(Arc::new(state)),
             sockets: Mutex::new(HashMap::new()),
+            channels: AtomicUsize::new(0),
         }
     }
 
@@ -91,6 +101,9 @@ impl App {
             Arc::new(state),
         );
         let new = self.state();
+        for slot in new.router.slots() {
+            slot.current().set_limits(new.config.limits.guest());
+        }
         let mut retired = false;
         for slot in old.router.slots() {
             if !new.router.slots().any(|s| Arc::ptr_eq(s, slot)) {
@@ -111,8 +124,39 @@ impl App {
         self.tell_sockets(Item::Close(close));
     }
 
-    pub fn register_socket(&self, socket: u64, outbox: Outbox) {
-        self.lock_sockets().insert(socket, outbox);
+    pub fn register_socket(&self, socket: u64, socket_id: Option<String>, outbox: Outbox) {
+        self.lock_sockets()
+            .insert(socket, SocketEntry { socket_id, outbox });
+    }
+
+    /// Closes every socket with this socket id (all of one user's sockets,
+    /// on both transports) with a code that makes clients reconnect, and so
+    /// authenticate again. Returns how many it closed.
+    pub fn disconnect(&self, socket_id: &str) -> usize {
+        let sockets = self.lock_sockets();
+        let matching = sockets
+            .values()
+            .filter(|entry| entry.socket_id.as_deref() == Some(socket_id));
+        let mut closed = 0;
+        for entry in matching {
+            entry.outbox.push_control(Item::Close(Close::Disconnected));
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Counts a channel joined (`+1`) or gone (`-1`) for the status API.
+    pub fn count_channel(&self, joined: bool) {
+        if joined {
+            self.channels.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.channels.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Channels joined now, on all of the app's sockets.
+    pub fn channel_count(&self) -> usize {
+        self.channels.load(Ordering::Relaxed)
     }
 
     pub fn unregister_socket(&self, socket: u64) {
@@ -125,12 +169,12 @@ impl App {
     }
 
     fn tell_sockets(&self, item: Item) {
-        for outbox in self.lock_sockets().values() {
-            outbox.push_control(item.clone());
+        for entry in self.lock_sockets().values() {
+            entry.outbox.push_control(item.clone());
         }
     }
 
-    fn lock_sockets(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Outbox>> {
+    fn lock_sockets(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SocketEntry>> {
         self.sockets.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -95,8 +95,92 @@ pub struct AppConfig {
     pub mount: String,
     /// Topic pattern (`ping`, `room:*`) → plugin file.
     pub routes: BTreeMap<String, PathBuf>,
+    /// Where the HS256 token secrets come from (`env:NAME`, `file:PATH`,
+    /// `value:TEXT`). Several may be valid at once, for rotation; the first
+    /// signs tokens made by `roost token`.
+    #[serde(default, rename = "secrets")]
+    pub secret_sources: Vec<String>,
+    /// Keys for the HTTP API, as `secrets`.
+    #[serde(default, rename = "api_keys")]
+    pub api_key_sources: Vec<String>,
+    /// Whether sockets without a token may connect. Defaults to true only
+    /// when the app has no secrets.
+    #[serde(default)]
+    pub anonymous: Option<bool>,
+    /// Which `Origin`s may connect: `true` (the origin's host must be the
+    /// request's host), `false` (any), or a list such as
+    /// `["https://example.com", "//*.example.org"]`.
+    #[serde(default)]
+    pub check_origin: CheckOrigin,
     #[serde(default)]
     pub limits: Limits,
+    /// The resolved `secrets`.
+    #[serde(skip)]
+    pub secrets: Vec<Secret>,
+    /// The resolved `api_keys`.
+    #[serde(skip)]
+    pub api_keys: Vec<Secret>,
+}
+
+impl AppConfig {
+    /// Whether sockets without a token may connect.
+    pub fn allows_anonymous(&self) -> bool {
+        self.anonymous.unwrap_or(self.secrets.is_empty())
+    }
+}
+
+/// The `check_origin` setting.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum CheckOrigin {
+    Enabled(bool),
+    Allowed(Vec<String>),
+}
+
+impl Default for CheckOrigin {
+    fn default() -> Self {
+        Self::Enabled(true)
+    }
+}
+
+/// A secret's bytes; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Reads `env:NAME`, `file:PATH` (relative to `base`) or `value:TEXT`.
+    fn resolve(source: &str, base: &Path) -> anyhow::Result<Self> {
+        let bytes = match source.split_once(':') {
+            Some(("env", name)) => std::env::var(name)
+                .with_context(|| format!("environment variable `{name}` is not set"))?
+                .into_bytes(),
+            Some(("file", path)) => {
+                let path = base.join(path);
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                text.trim_end_matches(['\n', '\r']).as_bytes().to_vec()
+            }
+            Some(("value", text)) => text.as_bytes().to_vec(),
+            _ => bail!(
+                "`{}…` is not `env:NAME`, `file:PATH` or `value:TEXT`",
+                source.chars().take(6).collect::<String>()
+            ),
+        };
+        if bytes.len() < 16 {
+            bail!("a secret must be at least 16 bytes");
+        }
+        Ok(Self(bytes))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 /// Per-app limits; every one has a default (README, "Limits").
@@ -116,6 +200,13 @@ pub struct Limits {
     pub longpoll_window_ms: u64,
     /// Largest long-poll POST body, in bytes.
     pub longpoll_body_bytes: usize,
+    /// Open sockets (both transports) the app accepts; past it, HTTP 503.
+    pub max_connections: usize,
+    /// Deadline of a guest callback, and of `join`.
+    pub call_deadline_ms: u64,
+    pub join_deadline_ms: u64,
+    /// Linear memory one plugin instance may grow to.
+    pub guest_memory_bytes: usize,
 }
 
 impl Default for Limits {
@@ -127,6 +218,10 @@ impl Default for Limits {
             max_frame_bytes: 1 << 20,
             longpoll_window_ms: 10_000,
             longpoll_body_bytes: 4 << 20,
+            max_connections: 100_000,
+            call_deadline_ms: 1_000,
+            join_deadline_ms: 5_000,
+            guest_memory_bytes: 64 << 20,
         }
     }
 }
@@ -138,6 +233,15 @@ impl Limits {
 
     pub fn longpoll_window(&self) -> Duration {
         Duration::from_millis(self.longpoll_window_ms)
+    }
+
+    /// What bounds this app's guests.
+    pub fn guest(&self) -> GuestLimits {
+        GuestLimits {
+            call_deadline: Duration::from_millis(self.call_deadline_ms),
+            join_deadline: Duration::from_millis(self.join_deadline_ms),
+            memory_bytes: self.guest_memory_bytes,
+        }
     }
 }
 
@@ -189,24 +293,66 @@ impl Config {
                     .with_context(|| format!("app `{name}`: route `{pattern}`"))?;
                 *plugin = std::path::absolute(base.join(&*plugin))?;
             }
-            let limits = &app.limits;
-            if [
-                limits.channels_per_socket,
-                limits.outbox_bytes,
-                limits.max_frame_bytes,
-                limits.longpoll_body_bytes,
-            ]
-            .contains(&0)
-                || limits.idle_timeout_ms == 0
-                || limits.longpoll_window_ms == 0
-            {
+            let l = &app.limits;
+            let sizes = [
+                l.channels_per_socket,
+                l.outbox_bytes,
+                l.max_frame_bytes,
+                l.longpoll_body_bytes,
+                l.max_connections,
+                l.guest_memory_bytes,
+            ];
+            let times = [
+                l.idle_timeout_ms,
+                l.longpoll_window_ms,
+                l.call_deadline_ms,
+                l.join_deadline_ms,
+            ];
+            if sizes.contains(&0) || times.contains(&0) {
                 bail!("app `{name}`: key `limits`: limits must be greater than zero");
+            }
+            app.secrets = resolve_all(&app.secret_sources, base)
+                .with_context(|| format!("app `{name}`: key `secrets`"))?;
+            app.api_keys = resolve_all(&app.api_key_sources, base)
+                .with_context(|| format!("app `{name}`: key `api_keys`"))?;
+            if !app.allows_anonymous() && app.secrets.is_empty() {
+                bail!(
+                    "app `{name}`: key `anonymous`: `false` needs at least one entry in `secrets`"
+                );
+            }
+            if let CheckOrigin::Allowed(origins) = &app.check_origin
+                && let Some(bad) = origins.iter().find(|o| !o.contains("//"))
+            {
+                bail!(
+                    "app `{name}`: key `check_origin`: `{bad}` must look like `https://host` or `//host`"
+                );
             }
         }
         if config.apps.is_empty() {
             bail!("no apps: add an `[apps.<name>]` table");
         }
         Ok(config)
+    }
+}
+
+fn resolve_all(sources: &[String], base: &Path) -> anyhow::Result<Vec<Secret>> {
+    sources
+        .iter()
+        .map(|source| Secret::resolve(source, base))
+        .collect()
+}
+
+/// What bounds one app's guests (`Limits::guest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    pub call_deadline: Duration,
+    pub join_deadline: Duration,
+    pub memory_bytes: usize,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        Limits::default().guest()
     }
 }
 
@@ -260,5 +406,37 @@ mod tests {
             "[apps.a]\nmount = \"/s\"\nroutes = { a = \"a\" }\n[apps.b]\nmount = \"/s/\"\nroutes = { a = \"a\" }\n",
         );
         assert!(e.contains("app `b`: key `mount`"), "{e}");
+    }
+
+    #[test]
+    fn refuses_bad_auth_settings() {
+        let base = "[apps.a]\nmount = \"/s\"\nroutes = { x = \"x.wasm\" }\n";
+        let e = error(&format!("{base}secrets = [\"plain\"]"));
+        assert!(
+            e.contains("app `a`: key `secrets`") && e.contains("env:NAME"),
+            "{e}"
+        );
+        let e = error(&format!("{base}secrets = [\"value:short\"]"));
+        assert!(e.contains("at least 16 bytes"), "{e}");
+        let e = error(&format!(
+            "{base}secrets = [\"env:ROOST_TEST_SURELY_UNSET\"]"
+        ));
+        assert!(e.contains("ROOST_TEST_SURELY_UNSET"), "{e}");
+        let e = error(&format!("{base}anonymous = false"));
+        assert!(e.contains("app `a`: key `anonymous`"), "{e}");
+        let e = error(&format!("{base}check_origin = [\"example.com\"]"));
+        assert!(e.contains("app `a`: key `check_origin`"), "{e}");
+        let e = error(&format!("{base}[apps.a.limits]\nmax_connections = 0"));
+        assert!(e.contains("app `a`: key `limits`"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        let config = parse(
+            "[apps.a]\nmount = \"/s\"\nroutes = { x = \"x.wasm\" }\nsecrets = [\"value:0123456789abcdef\"]\n",
+        )
+        .unwrap();
+        let printed = format!("{:?}", config.apps["a"].secrets);
+        assert!(!printed.contains("0123456789abcdef"), "{printed}");
     }
 }

@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`config`]: the TOML config, validated before anything starts.
 //! - [`server`]: listener, per-request routing to apps, shutdown.
+//! - [`auth`]: origin checks and token verification at connect.
+//! - [`api`]: the per-app HTTP API (broadcast, disconnect, status) and health.
 //! - [`app`]: one app's routes, limits and pub/sub.
 //! - [`transport`]: WebSocket (and long-poll) endpoints.
 //! - [`socket`]: the per-connection Phoenix state machine and its outbox.
@@ -31,7 +33,9 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod api;
 pub mod app;
+pub mod auth;
 pub mod channel;
 pub mod config;
 pub mod protocol;

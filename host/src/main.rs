@@ -1,11 +1,16 @@
-//! The `roost` command: `roost serve [--config roost.toml]`.
+//! The `roost` command: `roost serve` runs the server, `roost token` mints a
+//! token for an app.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use roost_host::auth;
 use roost_host::config::Config;
 use roost_host::server;
+use serde_json::Value;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -29,6 +34,32 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Print a token (HS256 JWT) signed with an app's first secret.
+    Token {
+        /// The config file that defines the app.
+        #[arg(long, short, default_value = "roost.toml", env = "ROOST_CONFIG")]
+        config: PathBuf,
+        /// The app's name.
+        #[arg(long)]
+        app: String,
+        /// The subject: the socket id becomes `users_socket:<sub>`.
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid, e.g. `30m`, `1h`, `7d`.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// An extra claim, `key=value` (value parsed as JSON if it is JSON).
+        #[arg(long = "claim", value_parser = parse_claim)]
+        claims: Vec<(String, Value)>,
+    },
+}
+
+fn parse_claim(text: &str) -> Result<(String, Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not key=value"))?;
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
 }
 
 #[tokio::main]
@@ -50,6 +81,28 @@ async fn main() -> anyhow::Result<()> {
                 .context("waiting for ctrl-c")?;
             tracing::info!("shutting down");
             running.shutdown().await;
+            Ok(())
+        }
+        Command::Token {
+            config,
+            app,
+            sub,
+            ttl,
+            claims,
+        } => {
+            let config = Config::load(&config)?;
+            let app_config = config
+                .apps
+                .get(&app)
+                .with_context(|| format!("no app named `{app}` in the config"))?;
+            let secret = app_config
+                .secrets
+                .first()
+                .with_context(|| format!("app `{app}` has no `secrets`: it takes no tokens"))?;
+            println!(
+                "{}",
+                auth::mint(secret, &sub, ttl, claims.into_iter().collect())?
+            );
             Ok(())
         }
     }

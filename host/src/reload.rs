@@ -166,7 +166,8 @@ async fn reload_plugin(server: &Server, path: &Path) {
             tracing::warn!(app = %app.name, path = %path.display(), "plugin file is gone; the loaded version keeps serving");
             continue;
         }
-        match Plugin::load(server.runtime(), &app.name, path).await {
+        let limits = app.state().config.limits.guest();
+        match Plugin::load(server.runtime(), &app.name, path, limits).await {
             Ok(plugin) if plugin.version() == slot.current().version() => {
                 tracing::debug!(app = %app.name, path = %path.display(), "plugin file touched, content unchanged");
             }

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
-use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::StatusCode;
@@ -16,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api;
 use crate::app::{App, AppState};
 use crate::config::{AppConfig, Config};
 use crate::reload;
@@ -100,8 +100,17 @@ impl Server {
             mounts.insert(app.state().config.mount.clone(), app);
         }
         for app in added {
-            tracing::info!(app = %app.name, mount = app.state().config.mount, "app ready");
-            mounts.insert(app.state().config.mount.clone(), app);
+            let state = app.state();
+            tracing::info!(app = %app.name, mount = state.config.mount, "app ready");
+            let sources = state
+                .config
+                .secret_sources
+                .iter()
+                .chain(&state.config.api_key_sources);
+            if sources.into_iter().any(|s| s.starts_with("value:")) {
+                tracing::warn!(app = %app.name, "inline `value:` secrets are for development: use `env:` or `file:` in production");
+            }
+            mounts.insert(state.config.mount.clone(), app.clone());
         }
         for (name, app) in &running {
             if !mounts.values().any(|a| Arc::ptr_eq(a, app)) {
@@ -172,7 +181,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    let router = Router::new().fallback(endpoint).with_state(server.clone());
+    let router = api::routes().fallback(endpoint).with_state(server.clone());
     let shutdown = server.shutdown_token();
     let serve = tokio::spawn(async move {
         axum::serve(listener, router)

@@ -140,6 +140,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// Wraps a connection made some other way (custom headers, say).
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self { ws }
+    }
+
     pub async fn connect(url: &str) -> Self {
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
             .await

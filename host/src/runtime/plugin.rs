@@ -18,6 +18,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use super::Runtime;
 use super::bindings::{self, Channel, ChannelPre, Effect, Outcome, StoreData};
 use super::guest_log::GuestLog;
+use crate::config::GuestLimits;
 use crate::protocol::Payload;
 use bindings::roost::channel::types as wit;
 
@@ -25,12 +26,6 @@ use bindings::roost::channel::types as wit;
 /// runtime thread, plus the few that yield at a deadline tick), so a few is
 /// enough; more would only hold guest memory.
 const MAX_WARM: usize = 4;
-
-/// Default deadline of a callback, and of `join`, which may do more work.
-pub const CALL_DEADLINE: Duration = Duration::from_secs(1);
-pub const JOIN_DEADLINE: Duration = Duration::from_secs(5);
-/// Linear memory one instance may grow to.
-pub const MEMORY_LIMIT: usize = 64 << 20;
 
 /// Why a guest call failed. Any of these ends the channel (or the join).
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +81,8 @@ pub struct Plugin {
     /// Content hash of the file this version was compiled from.
     version: String,
     loaded_at: SystemTime,
+    /// The app's guest limits; a config reload may change them.
+    limits: Mutex<GuestLimits>,
     pre: ChannelPre<StoreData>,
     intercepts: Vec<String>,
     warm: Mutex<Vec<Warm>>,
@@ -99,7 +96,12 @@ struct Warm {
 impl Plugin {
     /// Compiles the file off the async threads, then validates the result by
     /// instantiating it once and reading its intercepts.
-    pub async fn load(runtime: &Runtime, app: &str, path: &Path) -> anyhow::Result<Self> {
+    pub async fn load(
+        runtime: &Runtime,
+        app: &str,
+        path: &Path,
+        limits: GuestLimits,
+    ) -> anyhow::Result<Self> {
         let bytes = tokio::fs::read(path)
             .await
             .with_context(|| format!("reading plugin {}", path.display()))?;
@@ -109,7 +111,7 @@ impl Plugin {
             .await?
             .map_err(super::anyhow_error)
             .with_context(|| format!("compiling plugin {}", path.display()))?;
-        Self::from_component(runtime, app, path, version, &component)
+        Self::from_component(runtime, app, path, version, limits, &component)
             .await
             .with_context(|| format!("loading plugin {}", path.display()))
     }
@@ -119,6 +121,7 @@ impl Plugin {
         app: &str,
         path: &Path,
         version: String,
+        limits: GuestLimits,
         component: &Component,
     ) -> anyhow::Result<Self> {
         let instance_pre = runtime
@@ -139,11 +142,12 @@ impl Plugin {
             path: path.to_owned(),
             version,
             loaded_at: SystemTime::now(),
+            limits: Mutex::new(limits),
             pre,
             intercepts: Vec::new(),
             warm: Mutex::new(Vec::new()),
         };
-        let mut lease = plugin.lease("", CALL_DEADLINE).await?;
+        let mut lease = plugin.lease("", Deadline::Call).await?;
         let result = lease
             .channel
             .roost_channel_handler()
@@ -169,6 +173,15 @@ impl Plugin {
         self.loaded_at
     }
 
+    /// The limits its calls run under.
+    pub fn limits(&self) -> GuestLimits {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_limits(&self, limits: GuestLimits) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+    }
+
     /// Broadcast events this plugin handles in `handle_out`.
     pub fn intercepts(&self, event: &str) -> bool {
         self.intercepts.iter().any(|e| e == event)
@@ -180,7 +193,7 @@ impl Plugin {
         ctx: CallContext<'_>,
         payload: &Payload,
     ) -> Result<Called<Result<Outcome, Payload>>, PluginError> {
-        let mut lease = self.lease(ctx.topic, JOIN_DEADLINE).await?;
+        let mut lease = self.lease(ctx.topic, Deadline::Join).await?;
         let result = lease
             .channel
             .roost_channel_handler()
@@ -208,7 +221,7 @@ impl Plugin {
         event: &str,
         payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
-        let mut lease = self.lease(ctx.topic, CALL_DEADLINE).await?;
+        let mut lease = self.lease(ctx.topic, Deadline::Call).await?;
         let result = lease
             .channel
             .roost_channel_handler()
@@ -229,7 +242,7 @@ impl Plugin {
         event: &str,
         payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
-        let mut lease = self.lease(ctx.topic, CALL_DEADLINE).await?;
+        let mut lease = self.lease(ctx.topic, Deadline::Call).await?;
         let result = lease
             .channel
             .roost_channel_handler()
@@ -249,7 +262,7 @@ impl Plugin {
         ctx: CallContext<'_>,
         reason: &str,
     ) -> Result<Called<()>, PluginError> {
-        let mut lease = self.lease(ctx.topic, CALL_DEADLINE).await?;
+        let mut lease = self.lease(ctx.topic, Deadline::Call).await?;
         let result = lease
             .channel
             .roost_channel_handler()
@@ -269,7 +282,12 @@ impl Plugin {
     }
 
     /// Takes a warm instance (or makes one) and arms its deadline.
-    async fn lease(&self, topic: &str, deadline: Duration) -> Result<Warm, PluginError> {
+    async fn lease(&self, topic: &str, deadline: Deadline) -> Result<Warm, PluginError> {
+        let limits = self.limits();
+        let deadline = match deadline {
+            Deadline::Join => limits.join_deadline,
+            Deadline::Call => limits.call_deadline,
+        };
         let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut warm = match warm {
             Some(warm) => warm,
@@ -280,6 +298,8 @@ impl Plugin {
         data.topic.push_str(topic);
         data.deadline = Instant::now() + deadline;
         data.budget = deadline;
+        // Limits may have changed since this instance was made.
+        data.limits = memory_limits(limits.memory_bytes);
         data.effects.clear();
         data.bad_import = None;
         warm.store.set_epoch_deadline(1);
@@ -298,10 +318,8 @@ impl Plugin {
             .stdout(log("stdout"))
             .stderr(log("stderr"))
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(MEMORY_LIMIT)
-            .trap_on_grow_failure(true)
-            .build();
+        let guest = self.limits();
+        let limits = memory_limits(guest.memory_bytes);
         let data = StoreData::new(
             wasi,
             limits,
@@ -311,7 +329,7 @@ impl Plugin {
         );
         let mut store = Store::new(self.runtime.engine(), data);
         // Instantiation runs guest start-up code: bound it like a join.
-        store.data_mut().deadline = Instant::now() + JOIN_DEADLINE;
+        store.data_mut().deadline = Instant::now() + guest.join_deadline;
         store.limiter(|data| &mut data.limits);
         // Checked once per epoch tick: yield to other tasks until the
         // deadline, then trap.
@@ -379,6 +397,22 @@ fn classify(error: wasmtime::Error, budget: Duration) -> PluginError {
         return PluginError::MemoryLimit;
     }
     PluginError::Trap(text)
+}
+
+/// Which of the app's deadlines a call runs under.
+#[derive(Clone, Copy)]
+enum Deadline {
+    Join,
+    Call,
+}
+
+/// A memory cap whose breach traps (and so ends the call) rather than
+/// letting the guest see a failed `memory.grow`.
+fn memory_limits(bytes: usize) -> wasmtime::StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(bytes)
+        .trap_on_grow_failure(true)
+        .build()
 }
 
 /// The first 16 hex digits of the file's SHA-256: enough to tell versions apart.

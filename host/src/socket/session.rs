@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::app::App;
+use crate::auth::Identity;
 use crate::protocol::{self, Message, Outbound, Payload, Serializer, event};
 use crate::runtime::{CallContext, Called, Effect, Outcome, PluginError, PluginSlot};
 
@@ -54,15 +55,11 @@ pub struct Session {
 
 impl Session {
     /// A new session, registered with its app until dropped.
-    pub fn new(
-        app: Arc<App>,
-        serializer: Serializer,
-        socket_id: Option<String>,
-        claims: String,
-    ) -> Self {
+    pub fn new(app: Arc<App>, serializer: Serializer, identity: Identity) -> Self {
+        let Identity { socket_id, claims } = identity;
         let outbox = Outbox::new(app.state().config.limits.outbox_bytes);
         let socket = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
-        app.register_socket(socket, outbox.clone());
+        app.register_socket(socket, socket_id.clone(), outbox.clone());
         Self {
             app,
             serializer,
@@ -160,6 +157,7 @@ impl Session {
     /// The connection is gone: every channel terminates and unsubscribes.
     pub async fn close(&mut self) {
         for (topic, joined) in std::mem::take(&mut self.channels) {
+            self.app.count_channel(false);
             self.app.pubsub.unsubscribe(&topic, self.socket);
             self.terminate(&topic, &joined, "closed").await;
         }
@@ -217,6 +215,7 @@ impl Session {
                 self.apply(&topic, &channel_ref, effects);
                 tracing::debug!(topic, plugin = plugin.name(), "joined");
                 let assigns = assigns.unwrap_or_else(|| "{}".to_owned());
+                self.app.count_channel(true);
                 self.channels.insert(
                     topic,
                     Joined {
@@ -358,6 +357,7 @@ impl Session {
 
     fn remove(&mut self, topic: &str) -> Option<Joined> {
         let joined = self.channels.remove(topic)?;
+        self.app.count_channel(false);
         self.app.pubsub.unsubscribe(topic, self.socket);
         Some(joined)
     }

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app::App;
+use crate::auth;
 use crate::protocol::{self, Message, RawFrame, Serializer};
 use crate::server::Server;
 use crate::socket::{Close, Item, Session, WireFrame};
@@ -31,6 +32,7 @@ const MAX_BATCH_LINES: usize = 100;
 /// Commands queued for one session's task before POSTs wait.
 const COMMAND_QUEUE: usize = 128;
 const TOKEN_HEADER: &str = "x-phoenix-longpoll-token";
+const AUTH_TOKEN_HEADER: &str = "x-phoenix-authtoken";
 
 /// Open long-poll sessions by token. Cheap to clone.
 #[derive(Clone, Default)]
@@ -105,12 +107,17 @@ pub async fn handle(
     method: Method,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
-    body: Body,
+    request: Body,
 ) -> Response {
+    // As in Phoenix, the origin is checked first, for every method.
+    if let Err(error) = auth::check_origin(&app.state().config, headers) {
+        tracing::warn!(app = %app.name, transport = "longpoll", "refused: {error}");
+        return body(403, None, None);
+    }
     match method {
         Method::OPTIONS => preflight(headers),
         Method::GET => poll(server, app, headers, params).await,
-        Method::POST => publish(server, app, headers, params, body).await,
+        Method::POST => publish(server, app, headers, params, request).await,
         _ => with_cors(StatusCode::BAD_REQUEST.into_response()),
     }
 }
@@ -145,7 +152,7 @@ async fn poll(
 ) -> Response {
     let token = session_token(headers, params).map(str::to_owned);
     let Some(handle) = find(server, &app, headers, params) else {
-        return open(server, app, params);
+        return open(server, app, headers, params);
     };
     let token = token.unwrap_or_default();
     handle.shared.touch();
@@ -169,12 +176,36 @@ async fn poll(
     }
 }
 
-/// Opens a session: 410 with a new token, or 403 when refused.
-fn open(server: &Server, app: Arc<App>, params: &HashMap<String, String>) -> Response {
+/// Opens a session: 410 with a new token, or 403 when refused (a bad vsn,
+/// a refused token, or the app at its connection limit: the official client
+/// then backs off and reconnects).
+fn open(
+    server: &Server,
+    app: Arc<App>,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Response {
     let vsn = params.get("vsn").map(String::as_str);
     let Some(serializer) = Serializer::negotiate(vsn) else {
         tracing::warn!(app = %app.name, vsn, "refused: the client's transport version does not match 1.0.0 or 2.0.0");
         return body(403, None, None);
+    };
+    let state = app.state();
+    if app.socket_count() >= state.config.limits.max_connections {
+        tracing::warn!(app = %app.name, transport = "longpoll", "refused: the app is at its connection limit");
+        return body(403, None, None);
+    }
+    // The official client sends its `authToken` in this header on GETs.
+    let token = headers
+        .get(AUTH_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .or(params.get("token").map(String::as_str));
+    let identity = match auth::authenticate(&state.config, token) {
+        Ok(identity) => identity,
+        Err(error) => {
+            tracing::warn!(app = %app.name, transport = "longpoll", "refused: {error}");
+            return body(403, None, None);
+        }
     };
     let token = new_token();
     let shared = Arc::new(Shared {
@@ -184,7 +215,7 @@ fn open(server: &Server, app: Arc<App>, params: &HashMap<String, String>) -> Res
         closed: AtomicBool::new(false),
     });
     let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
-    let session = Session::new(app.clone(), serializer, None, "{}".to_owned());
+    let session = Session::new(app.clone(), serializer, identity);
     let span = tracing::info_span!("socket", app = %app.name, transport = "longpoll", vsn = serializer.vsn());
     server.longpoll().lock().insert(
         token.clone(),

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app::App;
+use crate::auth::{self, Identity};
 use crate::protocol::{self, RawFrame, Serializer};
 use crate::server::Server;
 use crate::socket::{Close, Item, Outbox, Session, WireFrame};
@@ -42,16 +43,13 @@ pub fn upgrade(
         tracing::warn!(app = %app.name, vsn, "refused: the client's transport version does not match 1.0.0 or 2.0.0");
         return StatusCode::FORBIDDEN.into_response();
     };
-    let _auth_token = match subprotocol_token(headers) {
-        Ok(token) => token,
-        Err(reason) => {
-            tracing::warn!(app = %app.name, "refused: {reason}");
-            return StatusCode::FORBIDDEN.into_response();
-        }
-    };
     let limits = app.state().config.limits.clone();
+    let identity = match connect(&app, headers, params) {
+        Ok(identity) => identity,
+        Err(status) => return status.into_response(),
+    };
     let span = tracing::info_span!("socket", app = %app.name, transport = "websocket", vsn = serializer.vsn());
-    let session = Session::new(app.clone(), serializer, None, "{}".to_owned());
+    let session = Session::new(app.clone(), serializer, identity);
     let shutdown = server.shutdown_token();
     let tracker = server.tracker();
     upgrade
@@ -63,6 +61,33 @@ pub fn upgrade(
         .on_upgrade(move |socket| {
             tracker.track_future(run(socket, session, shutdown).instrument(span))
         })
+}
+
+/// Checks origin, capacity and token before the upgrade, as Phoenix does;
+/// a refusal is an HTTP status and a log line that says why.
+fn connect(
+    app: &App,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<Identity, StatusCode> {
+    let state = app.state();
+    let refuse = |status: StatusCode, reason: &dyn std::fmt::Display| {
+        tracing::warn!(app = %app.name, transport = "websocket", "refused: {reason}");
+        status
+    };
+    auth::check_origin(&state.config, headers).map_err(|e| refuse(StatusCode::FORBIDDEN, &e))?;
+    if app.socket_count() >= state.config.limits.max_connections {
+        let reason = format!(
+            "the app is at its limit of {} connections",
+            state.config.limits.max_connections
+        );
+        return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, &reason));
+    }
+    let offered = subprotocol_token(headers).map_err(|e| refuse(StatusCode::FORBIDDEN, &e))?;
+    let token = offered
+        .as_deref()
+        .or(params.get("token").map(String::as_str));
+    auth::authenticate(&state.config, token).map_err(|e| refuse(StatusCode::FORBIDDEN, &e))
 }
 
 /// The token of the official client's `authToken` option, sent as the

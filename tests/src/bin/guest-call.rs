@@ -12,7 +12,8 @@ use roost_host::runtime::{CallContext, Plugin, Runtime};
 async fn main() -> anyhow::Result<()> {
     let calls: u32 = std::env::args().nth(1).map_or(Ok(200_000), |n| n.parse())?;
     let runtime = Runtime::new("roost@bench", None)?;
-    let plugin = Plugin::load(&runtime, "bench", &roost_tests::plugin("ping")).await?;
+    let limits = roost_host::config::GuestLimits::default();
+    let plugin = Plugin::load(&runtime, "bench", &roost_tests::plugin("ping"), limits).await?;
     let payload = Payload::json_raw(r#"{"ack_phrase":"hi"}"#);
     let ctx = CallContext {
         topic: "ping",

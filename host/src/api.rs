@@ -1,0 +1,155 @@
+//! The HTTP API, per app, authenticated with one of the app's API keys
+//! (`Authorization: Bearer <key>`):
+//!
+//! - `POST /api/apps/<app>/broadcast` `{"topic", "event", "payload"}`: as a
+//!   plugin's broadcast (`Endpoint.broadcast` in Phoenix), `handle_out`
+//!   interception included; answers how many subscribers it reached.
+//! - `POST /api/apps/<app>/disconnect` `{"socket_id": "users_socket:<sub>"}`:
+//!   closes all of that user's sockets with a code that makes them reconnect.
+//! - `GET /api/apps/<app>/status`: plugins (version, load time, last reload
+//!   error), sockets and channels.
+//!
+//! And `GET /health` for load balancers, unauthenticated.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::app::App;
+use crate::protocol::Payload;
+use crate::server::Server;
+
+pub fn routes() -> Router<Server> {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/api/apps/{app}/broadcast", post(broadcast))
+        .route("/api/apps/{app}/disconnect", post(disconnect))
+        .route("/api/apps/{app}/status", get(status))
+}
+
+/// An API error: a status and a JSON `{"error": …}` body.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// The app named in the path, if the request carries one of its API keys.
+fn authorized(server: &Server, name: &str, headers: &HeaderMap) -> Result<Arc<App>, ApiError> {
+    let app = server
+        .apps()
+        .into_iter()
+        .find(|app| &*app.name == name)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no app named `{name}`")))?;
+    let unauthorized = |why: &str| {
+        tracing::warn!(app = name, "api request refused: {why}");
+        ApiError(StatusCode::UNAUTHORIZED, why.to_owned())
+    };
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("missing `Authorization: Bearer <api key>`"))?;
+    let valid = app
+        .state()
+        .config
+        .api_keys
+        .iter()
+        .any(|k| bool::from(k.bytes().ct_eq(key.as_bytes())));
+    if valid {
+        Ok(app)
+    } else {
+        Err(unauthorized(
+            "the API key is not one of the app's `api_keys`",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+struct BroadcastRequest {
+    topic: String,
+    event: String,
+    #[serde(default = "empty_object")]
+    payload: Value,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+async fn broadcast(
+    State(server): State<Server>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<BroadcastRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let app = authorized(&server, &name, &headers)?;
+    let Json(request) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if !request.payload.is_object() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "`payload` must be a JSON object".into(),
+        ));
+    }
+    let payload = Payload::from_value(&request.payload);
+    let subscribers = app.broadcast(&request.topic, &request.event, &payload, None);
+    Ok(Json(json!({ "subscribers": subscribers })))
+}
+
+#[derive(Deserialize)]
+struct DisconnectRequest {
+    socket_id: String,
+}
+
+async fn disconnect(
+    State(server): State<Server>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<DisconnectRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let app = authorized(&server, &name, &headers)?;
+    let Json(request) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let sockets = app.disconnect(&request.socket_id);
+    tracing::info!(
+        app = name,
+        socket_id = request.socket_id,
+        sockets,
+        "disconnected through the api"
+    );
+    Ok(Json(json!({ "sockets": sockets })))
+}
+
+async fn status(
+    State(server): State<Server>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let app = authorized(&server, &name, &headers)?;
+    let state = app.state();
+    let mut plugins: Vec<_> = Vec::new();
+    for slot in state.router.slots() {
+        let status = slot.status();
+        if !plugins
+            .iter()
+            .any(|p: &crate::runtime::SlotStatus| p.path == status.path)
+        {
+            plugins.push(status);
+        }
+    }
+    Ok(Json(json!({
+        "app": &*app.name,
+        "mount": state.config.mount,
+        "sockets": app.socket_count(),
+        "channels": app.channel_count(),
+        "plugins": plugins,
+    })))
+}
