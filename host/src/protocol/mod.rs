@@ -8,10 +8,14 @@
 //! - [`event`]: the reserved topic and event names, verbatim from Phoenix.
 //! - `json`: the V1 (object) and V2 (array) JSON serializers.
 //! - `binary`: V2 binary frames (§2.3).
+//! - `longpoll`: long-poll POST bodies (§5.3): ndjson batches of frames.
 
 mod binary;
 pub mod event;
 mod json;
+mod longpoll;
+
+pub use longpoll::{MAX_BATCH_LINES, decode_longpoll_body};
 
 use bytes::Bytes;
 use serde_json::value::RawValue;

@@ -14,7 +14,6 @@ use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -22,13 +21,10 @@ use tracing::Instrument;
 
 use crate::app::App;
 use crate::auth;
-use crate::protocol::{self, Message, RawFrame, Serializer};
+use crate::protocol::{self, Message, Serializer};
 use crate::server::Server;
 use crate::socket::{Close, Item, Session, WireFrame};
 
-/// Lines of an ndjson batch that are dispatched; the rest are ignored, as in
-/// Phoenix 1.8.9+.
-const MAX_BATCH_LINES: usize = 100;
 /// Commands queued for one session's task before POSTs wait.
 const COMMAND_QUEUE: usize = 128;
 const TOKEN_HEADER: &str = "x-phoenix-longpoll-token";
@@ -256,7 +252,7 @@ async fn publish(
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == b"application/x-ndjson");
-    let messages = match decode_body(handle.serializer, &bytes, ndjson) {
+    let messages = match protocol::decode_longpoll_body(handle.serializer, &bytes, ndjson) {
         Ok(messages) => messages,
         Err(error) => {
             // As a malformed WebSocket frame ends its socket, a malformed
@@ -287,37 +283,6 @@ async fn publish(
         }
     }
     body(200, None, None)
-}
-
-/// Splits a POST body into messages: ndjson lines (a line starting with `[`
-/// is a JSON frame, any other is a base64 binary frame), or the whole body
-/// as one frame for any other content type.
-fn decode_body(serializer: Serializer, body: &[u8], ndjson: bool) -> Result<Vec<Message>, String> {
-    fn text(bytes: &[u8]) -> Result<&str, String> {
-        std::str::from_utf8(bytes).map_err(|_| "invalid UTF-8".to_owned())
-    }
-    if !ndjson {
-        return protocol::decode(serializer, RawFrame::Text(text(body)?))
-            .map(|m| vec![m])
-            .map_err(|e| e.to_string());
-    }
-    let mut messages = Vec::new();
-    for line in body.split(|&b| b == b'\n').take(MAX_BATCH_LINES) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
-        let message = if line.starts_with(b"[") {
-            protocol::decode(serializer, RawFrame::Text(text(line)?))
-        } else {
-            let bytes = STANDARD
-                .decode(line)
-                .map_err(|e| format!("invalid base64 line: {e}"))?;
-            protocol::decode(serializer, RawFrame::Binary(&bytes))
-        };
-        messages.push(message.map_err(|e| e.to_string())?);
-    }
-    Ok(messages)
 }
 
 /// The session's task: handles dispatched messages in order, moves outbound
