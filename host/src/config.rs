@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub watch: bool,
     /// Where compiled plugins are cached by content hash; empty disables it.
     pub cache_dir: PathBuf,
+    /// Open sockets, all apps together; past it, HTTP 503.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +60,7 @@ impl Default for ServerConfig {
             node: default_node_name(),
             watch: true,
             cache_dir: default_cache_dir(),
+            max_connections: 100_000,
         }
     }
 }
@@ -202,6 +205,9 @@ pub struct Limits {
     pub longpoll_body_bytes: usize,
     /// Open sockets (both transports) the app accepts; past it, HTTP 503.
     pub max_connections: usize,
+    /// Longest topic and event name, in bytes; longer ones get an error reply.
+    pub max_topic_bytes: usize,
+    pub max_event_bytes: usize,
     /// Deadline of a guest callback, and of `join`.
     pub call_deadline_ms: u64,
     pub join_deadline_ms: u64,
@@ -219,6 +225,8 @@ impl Default for Limits {
             longpoll_window_ms: 10_000,
             longpoll_body_bytes: 4 << 20,
             max_connections: 100_000,
+            max_topic_bytes: 1024,
+            max_event_bytes: 256,
             call_deadline_ms: 1_000,
             join_deadline_ms: 5_000,
             guest_memory_bytes: 64 << 20,
@@ -241,6 +249,7 @@ impl Limits {
             call_deadline: Duration::from_millis(self.call_deadline_ms),
             join_deadline: Duration::from_millis(self.join_deadline_ms),
             memory_bytes: self.guest_memory_bytes,
+            output_bytes: self.max_frame_bytes,
         }
     }
 }
@@ -295,6 +304,8 @@ impl Config {
             }
             let l = &app.limits;
             let sizes = [
+                l.max_topic_bytes,
+                l.max_event_bytes,
                 l.channels_per_socket,
                 l.outbox_bytes,
                 l.max_frame_bytes,
@@ -348,6 +359,9 @@ pub struct GuestLimits {
     pub call_deadline: Duration,
     pub join_deadline: Duration,
     pub memory_bytes: usize,
+    /// Largest payload (or assigns) a guest may hand back: frames are
+    /// bounded both ways by `max_frame_bytes`.
+    pub output_bytes: usize,
 }
 
 impl Default for GuestLimits {

@@ -41,6 +41,8 @@ struct Shared {
     tracker: TaskTracker,
     /// Open long-poll sessions.
     longpoll: longpoll::Sessions,
+    /// Open sockets allowed across all apps (`server.max_connections`).
+    max_connections: usize,
 }
 
 impl Server {
@@ -60,6 +62,21 @@ impl Server {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Why a new connection to `app` must be refused for capacity, if it must.
+    pub fn at_capacity(&self, app: &App) -> Option<String> {
+        let app_limit = app.state().config.limits.max_connections;
+        if app.socket_count() >= app_limit {
+            return Some(format!(
+                "app `{}` is at its limit of {app_limit} connections",
+                app.name
+            ));
+        }
+        let open: usize = self.apps().iter().map(|a| a.socket_count()).sum();
+        let server_limit = self.shared.max_connections;
+        (open >= server_limit)
+            .then(|| format!("the server is at its limit of {server_limit} connections"))
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -171,6 +188,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             longpoll: longpoll::Sessions::default(),
+            max_connections: config.server.max_connections,
         }),
     };
     server.apply(config.apps).await?;

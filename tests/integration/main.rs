@@ -6,3 +6,4 @@ mod channels;
 mod longpoll;
 mod protocol;
 mod reload;
+mod sandbox;

@@ -5,7 +5,7 @@
 //! the reply for `join`). So a guest cannot block on the host, and a trap
 //! halfway through a callback applies nothing.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::StoreLimits;
@@ -55,8 +55,11 @@ pub struct StoreData {
     pub(super) node: Arc<str>,
     pub(super) app: Arc<str>,
     pub(super) plugin: Arc<str>,
-    /// The running call's topic, for log lines.
-    pub(super) topic: String,
+    /// The running call's topic, for log lines (shared with the guest's
+    /// stdout and stderr streams).
+    pub(super) topic: Arc<Mutex<String>>,
+    /// Largest payload the running call may hand back.
+    pub(super) max_output: usize,
     /// When the running call must have returned.
     pub(super) deadline: Instant,
     /// The running call's time budget, for error messages.
@@ -74,6 +77,7 @@ impl StoreData {
         node: Arc<str>,
         app: Arc<str>,
         plugin: Arc<str>,
+        topic: Arc<Mutex<String>>,
     ) -> Self {
         Self {
             wasi,
@@ -82,7 +86,8 @@ impl StoreData {
             node,
             app,
             plugin,
-            topic: String::new(),
+            topic,
+            max_output: usize::MAX,
             deadline: Instant::now(),
             budget: Duration::ZERO,
             effects: Vec::new(),
@@ -91,14 +96,17 @@ impl StoreData {
     }
 
     fn payload(&mut self, what: &str, payload: WitPayload) -> Option<Payload> {
-        match from_wit(payload) {
-            Ok(payload) => Some(payload),
-            Err(e) => {
-                self.bad_import
-                    .get_or_insert_with(|| format!("{what} with invalid JSON: {e}"));
-                None
-            }
-        }
+        let problem = match from_wit(payload) {
+            Ok(payload) if payload.len() <= self.max_output => return Some(payload),
+            Ok(payload) => format!(
+                "{what} of {} bytes, over the limit of {}",
+                payload.len(),
+                self.max_output
+            ),
+            Err(e) => format!("{what} with invalid JSON: {e}"),
+        };
+        self.bad_import.get_or_insert(problem);
+        None
     }
 }
 
@@ -159,7 +167,8 @@ impl roost::channel::host::Host for StoreData {
     }
 
     fn log(&mut self, level: Level, message: String) {
-        let (app, plugin, topic) = (&*self.app, &*self.plugin, &*self.topic);
+        let topic = self.topic.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (app, plugin, topic) = (&*self.app, &*self.plugin, topic.as_str());
         match level {
             Level::Trace => {
                 tracing::trace!(target: "roost::guest", app, plugin, topic, "{message}")

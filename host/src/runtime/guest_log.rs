@@ -1,7 +1,8 @@
-//! Guest stdout and stderr become host log lines tagged with app and plugin.
+//! Guest stdout and stderr become host log lines tagged with app, plugin and
+//! the topic of the call that printed them.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
@@ -15,6 +16,8 @@ const MAX_LINE: usize = 4096;
 pub struct GuestLog {
     pub app: Arc<str>,
     pub plugin: Arc<str>,
+    /// The running call's topic, set by the host before each call.
+    pub topic: Arc<Mutex<String>>,
     pub stream: &'static str,
 }
 
@@ -41,10 +44,17 @@ struct LineWriter {
 impl LineWriter {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
+        let topic = self
+            .log
+            .topic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         tracing::info!(
             target: "roost::guest",
             app = %self.log.app,
             plugin = %self.log.plugin,
+            topic,
             stream = self.log.stream,
             "{}",
             text.trim_end()

@@ -33,7 +33,7 @@ pub use slot::{PluginSlot, SlotStatus};
 /// How often the engine's epoch advances. A running guest is checked against
 /// its deadline (and yields to other tasks) once per tick, so this bounds how
 /// long a spinning guest holds a runtime thread without yielding.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
+const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// The shared wasmtime engine and linker. Cheap to clone.
 #[derive(Clone)]

@@ -4,10 +4,12 @@
 //! Each instance has its own `Store`, so a trap poisons nothing but the
 //! instance that trapped, which is dropped instead of going back to the pool.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::de::IgnoredAny;
 use sha2::{Digest, Sha256};
 
 use anyhow::Context as _;
@@ -204,8 +206,9 @@ impl Plugin {
             )
             .await;
         let called = self.finish(lease, result)?;
+        let max = self.limits().output_bytes;
         let value = match called.value {
-            Ok(outcome) => Ok(convert_outcome(outcome)?),
+            Ok(outcome) => Ok(convert_outcome(outcome, max)?),
             Err(refusal) => Err(bindings::from_wit(refusal).map_err(bad_output)?),
         };
         Ok(Called {
@@ -232,7 +235,9 @@ impl Plugin {
                 &bindings::to_wit(payload),
             )
             .await;
-        self.finish(lease, result)?.try_map(convert_outcome)
+        let max = self.limits().output_bytes;
+        self.finish(lease, result)?
+            .try_map(|outcome| convert_outcome(outcome, max))
     }
 
     /// `handle_out`: an intercepted broadcast about to reach the client.
@@ -253,7 +258,9 @@ impl Plugin {
                 &bindings::to_wit(payload),
             )
             .await;
-        self.finish(lease, result)?.try_map(convert_outcome)
+        let max = self.limits().output_bytes;
+        self.finish(lease, result)?
+            .try_map(|outcome| convert_outcome(outcome, max))
     }
 
     /// `terminate`: the channel is going away for `reason`.
@@ -294,8 +301,12 @@ impl Plugin {
             None => self.instantiate().await?,
         };
         let data = warm.store.data_mut();
-        data.topic.clear();
-        data.topic.push_str(topic);
+        {
+            let mut current = data.topic.lock().unwrap_or_else(|p| p.into_inner());
+            current.clear();
+            current.push_str(topic);
+        }
+        data.max_output = limits.output_bytes;
         data.deadline = Instant::now() + deadline;
         data.budget = deadline;
         // Limits may have changed since this instance was made.
@@ -307,9 +318,11 @@ impl Plugin {
     }
 
     async fn instantiate(&self) -> Result<Warm, PluginError> {
+        let topic = Arc::new(std::sync::Mutex::new(String::new()));
         let log = |stream| GuestLog {
             app: self.app.clone(),
             plugin: self.name.clone(),
+            topic: topic.clone(),
             stream,
         };
         // No preopened dirs, env, args or network: the guest gets nothing
@@ -326,18 +339,24 @@ impl Plugin {
             self.runtime.node().clone(),
             self.app.clone(),
             self.name.clone(),
+            topic,
         );
         let mut store = Store::new(self.runtime.engine(), data);
         // Instantiation runs guest start-up code: bound it like a join.
         store.data_mut().deadline = Instant::now() + guest.join_deadline;
         store.limiter(|data| &mut data.limits);
         // Checked once per epoch tick: yield to other tasks until the
-        // deadline, then trap.
+        // deadline, then trap. tokio's `yield_now` (rather than a plain
+        // wake) lets the runtime poll its I/O driver first, so other
+        // sockets' frames are read while a guest spins.
         store.epoch_deadline_callback(|ctx| {
             if Instant::now() >= ctx.data().deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
         store.set_epoch_deadline(1);
@@ -428,19 +447,31 @@ fn bad_output(error: serde_json::Error) -> PluginError {
     PluginError::BadOutput(error.to_string())
 }
 
-fn convert_outcome(outcome: wit::Outcome) -> Result<Outcome, PluginError> {
+/// Checks a guest's outcome: valid JSON, assigns an object, nothing larger
+/// than `max` bytes.
+fn convert_outcome(outcome: wit::Outcome, max: usize) -> Result<Outcome, PluginError> {
+    let too_big = |what: &str, len: usize| {
+        PluginError::BadOutput(format!("{what} of {len} bytes, over the limit of {max}"))
+    };
     let reply = match outcome.reply {
-        Some(reply) => Some((
-            reply.status,
-            bindings::from_wit(reply.response).map_err(bad_output)?,
-        )),
+        Some(reply) => {
+            let response = bindings::from_wit(reply.response).map_err(bad_output)?;
+            if response.len() > max {
+                return Err(too_big("reply", response.len()));
+            }
+            Some((reply.status, response))
+        }
         None => None,
     };
     let assigns = match outcome.assigns {
         Some(text) => {
-            let valid: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
-                .map_err(|e| PluginError::BadOutput(format!("assigns: {e}")))?;
-            drop(valid);
+            if text.len() > max {
+                return Err(too_big("assigns", text.len()));
+            }
+            // Checks it is a JSON object without building it.
+            serde_json::from_str::<BTreeMap<String, IgnoredAny>>(&text).map_err(|e| {
+                PluginError::BadOutput(format!("assigns must be a JSON object: {e}"))
+            })?;
             Some(text)
         }
         None => None,

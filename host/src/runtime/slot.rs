@@ -5,6 +5,7 @@
 //! also keeps what the status API reports: the version, when it loaded, and
 //! the last failed reload.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,6 +21,8 @@ pub struct PluginSlot {
     last_error: Mutex<Option<(SystemTime, String)>>,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
+    /// Failed guest calls by kind (`trap`, `deadline`, `memory`, …).
+    call_failures: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// A snapshot for the status API and logs.
@@ -35,6 +38,8 @@ pub struct SlotStatus {
     pub reload_failures: u64,
     pub last_error: Option<String>,
     pub last_error_at: Option<u64>,
+    /// Failed guest calls by kind since the slot was made.
+    pub call_failures: BTreeMap<&'static str, u64>,
 }
 
 impl PluginSlot {
@@ -46,6 +51,7 @@ impl PluginSlot {
             last_error: Mutex::new(None),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            call_failures: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -75,6 +81,16 @@ impl PluginSlot {
             Some((SystemTime::now(), error));
     }
 
+    /// Counts a failed guest call of this kind.
+    pub fn record_call_failure(&self, kind: &'static str) {
+        *self
+            .call_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+    }
+
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
     }
@@ -99,6 +115,11 @@ impl PluginSlot {
             reload_failures: self.reload_failures.load(Ordering::Relaxed),
             last_error_at: last_error.as_ref().map(|(at, _)| unix_seconds(*at)),
             last_error: last_error.map(|(_, error)| error),
+            call_failures: self
+                .call_failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }

@@ -95,6 +95,15 @@ impl Session {
             );
             return self.send(reply);
         }
+        if let Some(refusal) = self.oversized(&message) {
+            let Message {
+                join_ref,
+                ref_,
+                topic,
+                ..
+            } = message;
+            return self.send(reply(join_ref, ref_, topic, event::ERROR, refusal));
+        }
         let current = self
             .channels
             .get(&message.topic)
@@ -116,6 +125,18 @@ impl Session {
             // A message for an earlier join of this topic: dropped unanswered.
             (_, Some(false)) => {}
             (_, None) => self.send(unmatched(message)),
+        }
+    }
+
+    /// An error response for a topic or event name over the app's limits.
+    fn oversized(&self, message: &Message) -> Option<Payload> {
+        let limits = &self.app.state().config.limits;
+        if message.topic.len() > limits.max_topic_bytes {
+            Some(Payload::json_raw(r#"{"reason":"topic too long"}"#))
+        } else if message.event.len() > limits.max_event_bytes {
+            Some(Payload::json_raw(r#"{"reason":"event too long"}"#))
+        } else {
+            None
         }
     }
 
@@ -233,7 +254,7 @@ impl Session {
                 self.send(reply(join_ref, ref_, topic, event::ERROR, response));
             }
             Err(error) => {
-                self.log_failure(&topic, plugin.name(), "join", &error);
+                self.log_failure(&topic, &slot, "join", &error);
                 let response = Payload::json_raw(r#"{"reason":"join crashed"}"#);
                 self.send(reply(join_ref, ref_, topic, event::ERROR, response));
             }
@@ -302,8 +323,7 @@ impl Session {
         } = match result {
             Ok(called) => called,
             Err(error) => {
-                let plugin = joined.slot.current();
-                self.log_failure(topic, plugin.name(), "callback", &error);
+                self.log_failure(topic, &joined.slot, "callback", &error);
                 self.remove(topic);
                 return self.send(crashed(&join_ref, topic.to_owned()));
             }
@@ -351,7 +371,7 @@ impl Session {
         let plugin = joined.slot.current();
         match plugin.terminate(self.context(topic, joined), reason).await {
             Ok(called) => self.apply(topic, &joined.join_ref, called.effects),
-            Err(error) => self.log_failure(topic, plugin.name(), "terminate", &error),
+            Err(error) => self.log_failure(topic, &joined.slot, "terminate", &error),
         }
     }
 
@@ -406,8 +426,11 @@ impl Session {
         }
     }
 
-    fn log_failure(&self, topic: &str, plugin: &str, call: &str, error: &PluginError) {
-        tracing::warn!(app = %self.app.name, plugin, topic, call, kind = error.kind(), "plugin failed: {error}");
+    /// Logs a failed guest call with its cause and counts it on the slot.
+    fn log_failure(&self, topic: &str, slot: &PluginSlot, call: &str, error: &PluginError) {
+        let plugin = slot.current();
+        tracing::warn!(app = %self.app.name, plugin = plugin.name(), topic, call, kind = error.kind(), "plugin failed: {error}");
+        slot.record_call_failure(error.kind());
     }
 }
 

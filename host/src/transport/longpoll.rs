@@ -187,8 +187,8 @@ fn open(
         return body(403, None, None);
     };
     let state = app.state();
-    if app.socket_count() >= state.config.limits.max_connections {
-        tracing::warn!(app = %app.name, transport = "longpoll", "refused: the app is at its connection limit");
+    if let Some(reason) = server.at_capacity(&app) {
+        tracing::warn!(app = %app.name, transport = "longpoll", "refused: {reason}");
         return body(403, None, None);
     }
     // The official client sends its `authToken` in this header on GETs.

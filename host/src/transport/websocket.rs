@@ -44,7 +44,7 @@ pub fn upgrade(
         return StatusCode::FORBIDDEN.into_response();
     };
     let limits = app.state().config.limits.clone();
-    let identity = match connect(&app, headers, params) {
+    let identity = match connect(server, &app, headers, params) {
         Ok(identity) => identity,
         Err(status) => return status.into_response(),
     };
@@ -66,6 +66,7 @@ pub fn upgrade(
 /// Checks origin, capacity and token before the upgrade, as Phoenix does;
 /// a refusal is an HTTP status and a log line that says why.
 fn connect(
+    server: &Server,
     app: &App,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
@@ -76,11 +77,7 @@ fn connect(
         status
     };
     auth::check_origin(&state.config, headers).map_err(|e| refuse(StatusCode::FORBIDDEN, &e))?;
-    if app.socket_count() >= state.config.limits.max_connections {
-        let reason = format!(
-            "the app is at its limit of {} connections",
-            state.config.limits.max_connections
-        );
+    if let Some(reason) = server.at_capacity(app) {
         return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, &reason));
     }
     let offered = subprotocol_token(headers).map_err(|e| refuse(StatusCode::FORBIDDEN, &e))?;
