@@ -36,7 +36,8 @@
 //! - [`Channel`] (`channel.rs`): the trait, and the adapter that serves it as
 //!   the WIT `handler` export.
 //! - [`Socket`] (`socket.rs`): one callback's context (topic, claims,
-//!   assigns) and the host calls (`push`, `broadcast`, …).
+//!   assigns) and the host calls (`push`, `broadcast`, presence's `track`
+//!   and `push_presence_state`, …).
 //! - [`Payload`] (`payload.rs`): a message body, JSON or binary.
 //! - [`Outcome`], [`Joined`] (`outcome.rs`): what callbacks return.
 //! - [`log`]: lines to the host's log.
@@ -48,6 +49,14 @@
 //! calls, so a channel's state lives in its *assigns*, a JSON object that the
 //! host stores per joined channel: set it with [`Socket::assign`], read it
 //! with [`Socket::assigns`].
+//!
+//! # Presence
+//!
+//! Who is on a topic is host state too, as Phoenix.Presence keeps it:
+//! [`Socket::track`] a key with a meta during `join`, then
+//! [`Socket::push_presence_state`]; the host broadcasts each change as
+//! `presence_diff` and drops the channel's entries when it goes away. The
+//! official JS client's `Presence` class syncs from the two events.
 
 mod channel;
 pub mod log;

@@ -8,6 +8,12 @@
 //! that never looks at them pays nothing. Host calls (`push`, `broadcast`, …)
 //! go straight to the WIT imports; the host applies them in call order once
 //! the callback returns.
+//!
+//! Presence ([`Socket::track`], [`Socket::untrack`],
+//! [`Socket::presence_list`], [`Socket::push_presence_state`]) is kept by the
+//! host per topic, as Phoenix.Presence is: tracking takes effect at once (a
+//! list in the same callback shows it), and its `presence_diff` broadcast
+//! goes out in call order with the other effects.
 
 use std::cell::OnceCell;
 
@@ -95,6 +101,61 @@ impl Socket {
         host::broadcast_from(&self.topic, event, &payload.into().into());
     }
 
+    /// Tracks `key` (a user id, say) as present on this channel's topic,
+    /// with `meta`, a JSON object (anything else crashes the channel), as
+    /// `Phoenix.Presence.track` does. The host adds a unique `phx_ref` and
+    /// broadcasts a `presence_diff` to the topic. Tracking a key this channel
+    /// already tracks updates its meta (one diff: the new meta, with
+    /// `phx_ref_prev`, joins; the old one leaves).
+    ///
+    /// The entry belongs to this channel: it leaves by itself when the
+    /// channel leaves, closes, crashes or its socket goes away, so most
+    /// channels never call [`untrack`](Self::untrack). A key may be present
+    /// several times at once: a user with two tabs is two channels tracking
+    /// the same key. Ignored in [`Channel::terminate`](crate::Channel::terminate).
+    ///
+    /// ```
+    /// use roost_guest::prelude::*;
+    ///
+    /// struct Room;
+    ///
+    /// impl Channel for Room {
+    ///     fn join(_topic: &str, payload: Payload, socket: &mut Socket) -> JoinResult {
+    ///         let user = payload["user"].as_str().unwrap_or("anonymous").to_owned();
+    ///         socket.track(&user, json!({ "status": "online" }));
+    ///         // The client's `Presence` syncs from this push and the diffs.
+    ///         socket.push_presence_state();
+    ///         Ok(Joined::default())
+    ///     }
+    /// }
+    /// # export_channel!(Room);
+    /// ```
+    pub fn track(&self, key: &str, meta: Value) {
+        host::presence_track(key, &meta.to_string());
+    }
+
+    /// Stops tracking `key` for this channel (a `presence_diff` with the
+    /// leave); nothing if this channel does not track it.
+    pub fn untrack(&self, key: &str) {
+        host::presence_untrack(key);
+    }
+
+    /// Who is present on this channel's topic, as the `presence_state`
+    /// payload: `{"<key>": {"metas": [{"phx_ref": …, …meta}, …]}, …}`,
+    /// including what this callback tracked.
+    pub fn presence_list(&self) -> Value {
+        presence_state(&host::presence_list())
+    }
+
+    /// Pushes the topic's presences to this channel's client as
+    /// `presence_state`, which the phoenix.js `Presence` class waits for
+    /// before it applies diffs. Call it in [`Channel::join`](crate::Channel::join)
+    /// (the push follows the join reply), after tracking.
+    pub fn push_presence_state(&self) {
+        // The host's JSON text goes back as it is: no parse, no re-encode.
+        host::push(PRESENCE_STATE, &wit::Payload::Json(host::presence_list()));
+    }
+
     /// This server's node name from the config (asks the host on each call).
     pub fn node_name(&self) -> String {
         host::node_name()
@@ -119,6 +180,14 @@ impl From<wit::Context> for Socket {
             assigns_changed: false,
         }
     }
+}
+
+/// The event that carries a topic's presences (Phoenix's name).
+const PRESENCE_STATE: &str = "presence_state";
+
+/// Parses the host's `presence-list` text; `{}` if it is not an object.
+fn presence_state(text: &str) -> Value {
+    Value::Object(parse_object(text))
 }
 
 /// Parses claims or assigns text; anything but a JSON object (which the host
@@ -171,6 +240,17 @@ mod tests {
         let sent: Value =
             serde_json::from_str(&socket.changed_assigns().expect("changed")).expect("valid JSON");
         assert_eq!(sent, json!({ "room": "lobby", "user": "ana", "count": 2 }));
+    }
+
+    #[test]
+    fn presence_state_text_from_the_host_is_parsed() {
+        let state = presence_state(
+            r#"{"ada":{"metas":[{"phx_ref":"AAAAAAAAAAAAAAAB","online_at":1},{"phx_ref":"AAAAAAAAAAAAAAAC"}]}}"#,
+        );
+        assert_eq!(state["ada"]["metas"][0]["online_at"], 1);
+        assert_eq!(state["ada"]["metas"].as_array().map(Vec::len), Some(2));
+        assert_eq!(presence_state("{}"), json!({}));
+        assert_eq!(presence_state("not json"), json!({}));
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! An app: a name, its own pub/sub and sockets, and its current state — the
-//! config and routes, which a config reload swaps as a whole. Apps share the
-//! server and nothing else: topics, broadcasts and plugin instances are per
-//! app.
+//! An app: a name, its own pub/sub, presence and sockets, and its current
+//! state — the config and routes, which a config reload swaps as a whole.
+//! Apps share the server and nothing else: topics, broadcasts, presences and
+//! plugin instances are per app.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::channel::{Router, TopicPattern};
 use crate::config::AppConfig;
+use crate::presence::Presence;
 use crate::protocol::Payload;
 use crate::pubsub::PubSub;
 use crate::runtime::{Plugin, PluginSlot, Runtime};
@@ -18,6 +19,8 @@ use crate::socket::{Close, Item, Outbox};
 pub struct App {
     pub name: Arc<str>,
     pub pubsub: PubSub,
+    /// Who is on each topic, as the app's channels track it.
+    pub presence: Presence,
     state: RwLock<Arc<AppState>>,
     /// Every open socket of the app, by its server-unique number.
     sockets: Mutex<HashMap<u64, SocketEntry>>,
@@ -82,6 +85,7 @@ impl App {
         Self {
             name: name.into(),
             pubsub: PubSub::default(),
+            presence: Presence::default(),
             state: RwLock::new(Arc::new(state)),
             sockets: Mutex::new(HashMap::new()),
             channels: AtomicUsize::new(0),

@@ -12,6 +12,7 @@
 //! - [`protocol`]: the wire formats — pure code, no I/O.
 //! - [`channel`]: topic patterns and routing.
 //! - [`pubsub`]: per-app subscriptions and encode-once fan-out.
+//! - [`presence`]: per-app presence tracking and Phoenix presence diffs.
 //! - [`runtime`]: wasmtime, plugins, warm instances, host imports.
 //! - [`reload`]: watches plugin files and the config, swaps in new versions.
 //!
@@ -38,6 +39,7 @@ pub mod app;
 pub mod auth;
 pub mod channel;
 pub mod config;
+pub mod presence;
 pub mod protocol;
 pub mod pubsub;
 pub mod reload;

@@ -34,6 +34,25 @@ impl PubSub {
         subscribers.push(subscriber);
     }
 
+    /// Turns the subscription a joining channel made with a holding outbox
+    /// into `subscriber` (with the socket's own outbox), first moving what
+    /// the holding outbox caught into it. Under the lock, so no broadcast
+    /// lands in between: the socket gets the topic's broadcasts from before
+    /// its join reply, in order, right after that reply.
+    pub fn release(&self, topic: &str, subscriber: Subscriber, held: &Outbox) {
+        let mut topics = self.lock();
+        subscriber.outbox.take_from(held);
+        let subscribers = topics.entry(topic.to_owned()).or_default();
+        // Searched from the end: the hold was added moments ago.
+        match subscribers
+            .iter()
+            .rposition(|s| s.socket == subscriber.socket)
+        {
+            Some(i) => subscribers[i] = subscriber,
+            None => subscribers.push(subscriber),
+        }
+    }
+
     pub fn unsubscribe(&self, topic: &str, socket: u64) {
         let mut topics = self.lock();
         if let Some(subscribers) = topics.get_mut(topic) {

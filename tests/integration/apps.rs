@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use roost_host::auth;
 use roost_host::config::{Config, Secret};
-use roost_tests::{Client, TestServer, plugin};
+use roost_tests::{Client, Refs, TestServer, plugin};
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -100,12 +100,16 @@ async fn apps_with_the_same_topic_do_not_see_each_other() {
     let server = TestServer::with_config(&config("anonymous = true")).await;
     let mut a = server.connect("/alpha/websocket?vsn=2.0.0").await;
     let mut b = server.connect("/beta/websocket?vsn=2.0.0").await;
-    for c in [&mut a, &mut b] {
+    let mut refs = Refs::default();
+    // Presence is per app too: each app's room has its own user only.
+    for (c, r) in [(&mut a, "ref1"), (&mut b, "ref2")] {
         c.call(
             r#"["1","1","room:same","phx_join",{}]"#,
             r#"["1","1","room:same","phx_reply",{"response":{"channel":"room:same"},"status":"ok"}]"#,
         )
         .await;
+        c.expect_masked(&mut refs, &format!(r#"["1",null,"room:same","presence_state",{{"anonymous":{{"metas":[{{"online_at":T,"phx_ref":"{r}"}}]}}}}]"#)).await;
+        c.expect_masked(&mut refs, &format!(r#"[null,null,"room:same","presence_diff",{{"joins":{{"anonymous":{{"metas":[{{"online_at":T,"phx_ref":"{r}"}}]}}}},"leaves":{{}}}}]"#)).await;
     }
     a.send(r#"["1","2","room:same","new_msg",{"body":"alpha only"}]"#)
         .await;
@@ -179,8 +183,9 @@ async fn bad_tokens_are_refused_on_both_transports() {
 #[tokio::test]
 async fn valid_tokens_connect_and_their_claims_reach_the_guest() {
     let server = TestServer::with_config(&config("")).await;
+    let mut refs = Refs::default();
     // Either secret verifies (rotation).
-    for secret in [BETA_SECRET, BETA_NEXT_SECRET] {
+    for (secret, r) in [(BETA_SECRET, "ref1"), (BETA_NEXT_SECRET, "ref2")] {
         let token = beta_token(secret, "42");
         let mut c = ws_status(
             &server,
@@ -194,10 +199,22 @@ async fn valid_tokens_connect_and_their_claims_reach_the_guest() {
             r#"["1","1","room:t","phx_reply",{"response":{"channel":"room:t"},"status":"ok"}]"#,
         )
         .await;
+        // The token's username is the presence key too.
+        c.expect_masked(&mut refs, &format!(r#"["1",null,"room:t","presence_state",{{"user 42":{{"metas":[{{"online_at":T,"phx_ref":"{r}"}}]}}}}]"#)).await;
+        c.expect_masked(&mut refs, &format!(r#"[null,null,"room:t","presence_diff",{{"joins":{{"user 42":{{"metas":[{{"online_at":T,"phx_ref":"{r}"}}]}}}},"leaves":{{}}}}]"#)).await;
         c.send(r#"["1","2","room:t","message:add",{"message":"hi"}]"#)
             .await;
         c.expect(r#"[null,null,"room:t","room:t:new_message",{"content":"hi","user":{"username":"user 42"}}]"#)
             .await;
+        c.expect(r#"["1","2","room:t","phx_reply",{"response":{},"status":"ok"}]"#)
+            .await;
+        // Left before the next round, so its presence is gone by then.
+        c.call(
+            r#"["1","3","room:t","phx_leave",{}]"#,
+            r#"["1","3","room:t","phx_reply",{"response":{},"status":"ok"}]"#,
+        )
+        .await;
+        c.expect(r#"["1","1","room:t","phx_close",{}]"#).await;
     }
     // The authToken subprotocol carries the token too.
     use base64::Engine as _;
@@ -312,6 +329,17 @@ async fn api_broadcasts_reach_subscribers_and_intercepts() {
     c.call(
         r#"["2","2","room:api","phx_join",{}]"#,
         r#"["2","2","room:api","phx_reply",{"response":{"channel":"room:api"},"status":"ok"}]"#,
+    )
+    .await;
+    let mut refs = Refs::default();
+    c.expect_masked(
+        &mut refs,
+        r#"["2",null,"room:api","presence_state",{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,
+    )
+    .await;
+    c.expect_masked(
+        &mut refs,
+        r#"[null,null,"room:api","presence_diff",{"joins":{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}]"#,
     )
     .await;
     let (status, body) = api(

@@ -1,7 +1,7 @@
 //! The long-poll transport (`phoenix-protocol.md` §5), exact bodies.
 
 use base64::Engine as _;
-use roost_tests::{TestServer, WAIT};
+use roost_tests::{Refs, TestServer, WAIT};
 use serde_json::{Value, json};
 
 const WINDOW: &str = "longpoll_window_ms = 300";
@@ -120,15 +120,33 @@ async fn session_join_poll_and_empty_poll() {
 async fn a_waiting_poll_returns_when_a_message_arrives() {
     let server = TestServer::demo_with("longpoll_window_ms = 5000").await;
     let mut p = Poller::new(&server, "vsn=2.0.0");
+    let mut refs = Refs::default();
     p.open().await;
     p.post(&[r#"["1","1","room:lp","phx_join",{}]"#]).await;
-    p.messages(1).await;
+    let joined: Vec<String> = p.messages(3).await.iter().map(|m| refs.mask(m)).collect();
+    assert_eq!(
+        joined,
+        [
+            r#"["1","1","room:lp","phx_reply",{"response":{"channel":"room:lp"},"status":"ok"}]"#,
+            r#"["1",null,"room:lp","presence_state",{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,
+            r#"[null,null,"room:lp","presence_diff",{"joins":{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}]"#,
+        ]
+    );
     let mut ws = server.connect_v2().await;
     ws.call(
         r#"["1","1","room:lp","phx_join",{}]"#,
         r#"["1","1","room:lp","phx_reply",{"response":{"channel":"room:lp"},"status":"ok"}]"#,
     )
     .await;
+    ws.expect_masked(
+        &mut refs,
+        r#"["1",null,"room:lp","presence_state",{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"},{"online_at":T,"phx_ref":"ref2"}]}}]"#,
+    )
+    .await;
+    let ws_joined = r#"[null,null,"room:lp","presence_diff",{"joins":{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}},"leaves":{}}]"#;
+    ws.expect_masked(&mut refs, ws_joined).await;
+    let heard: Vec<String> = p.messages(1).await.iter().map(|m| refs.mask(m)).collect();
+    assert_eq!(heard, [ws_joined]);
     let started = std::time::Instant::now();
     let poll = tokio::spawn(async move { p.messages(1).await });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -270,16 +288,32 @@ async fn ndjson_batches_are_capped_at_100_lines_and_carry_base64_binary() {
 #[tokio::test]
 async fn a_session_without_polls_expires_and_its_channels_terminate() {
     let server = TestServer::demo_with("longpoll_window_ms = 100").await;
+    let mut refs = Refs::default();
     let mut ws = server.connect_v2().await;
     ws.call(
         r#"["1","1","room:exp","phx_join",{}]"#,
         r#"["1","1","room:exp","phx_reply",{"response":{"channel":"room:exp"},"status":"ok"}]"#,
     )
     .await;
+    ws.expect_masked(
+        &mut refs,
+        r#"["1",null,"room:exp","presence_state",{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,
+    )
+    .await;
+    ws.expect_masked(
+        &mut refs,
+        r#"[null,null,"room:exp","presence_diff",{"joins":{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}]"#,
+    )
+    .await;
     let mut p = Poller::new(&server, "vsn=2.0.0");
     p.open().await;
     p.post(&[r#"["1","1","room:exp","phx_join",{}]"#]).await;
     p.messages(1).await;
+    ws.expect_masked(
+        &mut refs,
+        r#"[null,null,"room:exp","presence_diff",{"joins":{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}},"leaves":{}}]"#,
+    )
+    .await;
     // No GET for 1.5 windows: the session ends and leaves the room.
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     assert_eq!(
@@ -295,5 +329,12 @@ async fn a_session_without_polls_expires_and_its_channels_terminate() {
         None,
     );
     assert_eq!(reached, 1, "only the WebSocket subscriber is left");
+    // The expired session's presence left the room with it.
+    ws.expect_masked(
+        &mut refs,
+        r#"[null,null,"room:exp","presence_diff",{"joins":{},"leaves":{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}}}]"#,
+    )
+    .await;
+    ws.expect(r#"[null,null,"room:exp","ping",{}]"#).await;
     server.stop().await;
 }

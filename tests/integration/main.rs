@@ -4,6 +4,7 @@
 mod apps;
 mod channels;
 mod longpoll;
+mod presence;
 mod protocol;
 mod reload;
 mod sandbox;

@@ -200,6 +200,13 @@ impl Client {
         assert_eq!(self.recv_text().await, expected);
     }
 
+    /// Asserts the next frame is exactly `expected` once `refs` has masked
+    /// its presence refs and clock readings (see [`Refs`]).
+    pub async fn expect_masked(&mut self, refs: &mut Refs, expected: &str) {
+        let frame = self.recv_text().await;
+        assert_eq!(refs.mask(&frame), expected, "unmasked: {frame}");
+    }
+
     /// Sends `frame` and asserts the next frame is exactly `expected`.
     pub async fn call(&mut self, frame: &str, expected: &str) {
         self.send(frame).await;
@@ -227,5 +234,69 @@ impl Client {
                 Some(Ok(_)) => continue,
             }
         }
+    }
+}
+
+/// Names the parts of presence frames a test cannot know in advance, so it
+/// can still assert whole frames: each distinct `phx_ref` (or
+/// `phx_ref_prev`) value becomes `ref1`, `ref2`, … in order of first
+/// appearance across every frame masked with the same `Refs` (a ref seen
+/// again keeps its name, so a leave must name the ref its join had), and
+/// each `online_at`, checked to be this minute's clock in milliseconds,
+/// becomes `T`.
+#[derive(Debug, Default)]
+pub struct Refs {
+    seen: Vec<String>,
+}
+
+impl Refs {
+    pub fn mask(&mut self, frame: &str) -> String {
+        let mut out = String::with_capacity(frame.len());
+        let mut rest = frame;
+        loop {
+            let next = [r#""phx_ref":""#, r#""phx_ref_prev":""#, r#""online_at":"#]
+                .into_iter()
+                .filter_map(|marker| rest.find(marker).map(|at| (at, marker)))
+                .min();
+            let Some((at, marker)) = next else {
+                out.push_str(rest);
+                return out;
+            };
+            let value_at = at + marker.len();
+            out.push_str(&rest[..value_at]);
+            rest = &rest[value_at..];
+            if marker.ends_with('"') {
+                let end = rest.find('"').expect("a ref ends with a quote");
+                out.push_str(&self.name(&rest[..end]));
+                rest = &rest[end..];
+            } else {
+                let end = rest
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len());
+                let ms: u128 = rest[..end].parse().expect("online_at is a number");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock after 1970")
+                    .as_millis();
+                assert!(
+                    ms.abs_diff(now) < 60_000,
+                    "online_at {ms} is not now ({now})"
+                );
+                out.push('T');
+                rest = &rest[end..];
+            }
+        }
+    }
+
+    /// `refN` for the ref, N its order of first appearance.
+    fn name(&mut self, phx_ref: &str) -> String {
+        let n = match self.seen.iter().position(|seen| seen == phx_ref) {
+            Some(i) => i + 1,
+            None => {
+                self.seen.push(phx_ref.to_owned());
+                self.seen.len()
+            }
+        };
+        format!("ref{n}")
     }
 }

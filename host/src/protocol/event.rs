@@ -12,3 +12,8 @@ pub const PHX_ERROR: &str = "phx_error";
 /// Reply statuses.
 pub const OK: &str = "ok";
 pub const ERROR: &str = "error";
+
+/// Presence events (`shared/phoenix-protocol.md` §6): the full state a
+/// channel pushes after joining, and the diffs broadcast on every change.
+pub const PRESENCE_STATE: &str = "presence_state";
+pub const PRESENCE_DIFF: &str = "presence_diff";

@@ -4,6 +4,13 @@
 //! call order, and the socket applies them once the callback returns (after
 //! the reply for `join`). So a guest cannot block on the host, and a trap
 //! halfway through a callback applies nothing.
+//!
+//! The one exception is presence: `presence-track` and `presence-untrack`
+//! change the app's tracker during the import call (it is host state, not
+//! I/O), so `presence-list` in the same callback sees them; the
+//! `presence_diff` each one makes is recorded as a broadcast effect, queued
+//! after the callback's other effects. Why that is safe is in the `presence`
+//! module's docs.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +19,8 @@ use wasmtime::StoreLimits;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::protocol::Payload;
+use crate::presence::{Diff, Owner, Presence};
+use crate::protocol::{Payload, event};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -66,8 +74,16 @@ pub struct StoreData {
     pub(super) budget: Duration,
     /// Effects recorded by the running call.
     pub(super) effects: Vec<Effect>,
+    /// The running call's `presence_diff` broadcasts, which follow its
+    /// other effects.
+    presence_diffs: Vec<Effect>,
     /// The first invalid thing the running call passed to an import.
     pub(super) bad_import: Option<String>,
+    /// The running call's app presence tracker (none outside channel
+    /// callbacks), and the channel that owns what it tracks (none in
+    /// `terminate`: the channel is already gone).
+    pub(super) presence: Option<Presence>,
+    pub(super) owner: Option<Owner>,
 }
 
 impl StoreData {
@@ -91,7 +107,41 @@ impl StoreData {
             deadline: Instant::now(),
             budget: Duration::ZERO,
             effects: Vec::new(),
+            presence_diffs: Vec::new(),
             bad_import: None,
+            presence: None,
+            owner: None,
+        }
+    }
+
+    /// Takes the running call's effects, in the order they are applied.
+    pub(super) fn take_effects(&mut self) -> Vec<Effect> {
+        let mut effects = std::mem::take(&mut self.effects);
+        effects.append(&mut self.presence_diffs);
+        effects
+    }
+
+    /// The tracker, owner and topic for a presence change, if the running
+    /// call may make one.
+    fn tracking(&self) -> Option<(Presence, Owner, String)> {
+        let presence = self.presence.clone()?;
+        let owner = self.owner?;
+        let topic = self.topic.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Some((presence, owner, topic))
+    }
+
+    /// Records the broadcast of a presence change. Diffs go out after the
+    /// callback's other effects, as Phoenix's tracker broadcasts them after
+    /// the channel's own work: a join that tracks and then pushes
+    /// `presence_state` sends the state first, as Phoenix apps do.
+    fn broadcast_diff(&mut self, topic: String, diff: Diff) {
+        if !diff.is_empty() {
+            self.presence_diffs.push(Effect::Broadcast {
+                topic,
+                event: event::PRESENCE_DIFF.to_owned(),
+                payload: diff.to_payload(),
+                exclude_self: false,
+            });
         }
     }
 
@@ -186,6 +236,48 @@ impl roost::channel::host::Host for StoreData {
 
     fn node_name(&mut self) -> String {
         self.node.to_string()
+    }
+
+    fn presence_track(&mut self, key: String, meta: String) {
+        if key.len() + meta.len() > self.max_output {
+            let problem = format!(
+                "presence-track of {} bytes, over the limit of {}",
+                key.len() + meta.len(),
+                self.max_output
+            );
+            self.bad_import.get_or_insert(problem);
+            return;
+        }
+        let meta = match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&meta) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let problem = format!("presence-track with a meta that is not a JSON object: {e}");
+                self.bad_import.get_or_insert(problem);
+                return;
+            }
+        };
+        let Some((presence, owner, topic)) = self.tracking() else {
+            tracing::debug!(app = %self.app, plugin = %self.plugin, key, "presence-track ignored: no joined channel");
+            return;
+        };
+        let diff = presence.track(&topic, owner, &key, meta);
+        self.broadcast_diff(topic, diff);
+    }
+
+    fn presence_untrack(&mut self, key: String) {
+        let Some((presence, owner, topic)) = self.tracking() else {
+            return;
+        };
+        let diff = presence.untrack(&topic, owner, &key);
+        self.broadcast_diff(topic, diff);
+    }
+
+    fn presence_list(&mut self) -> String {
+        let Some(presence) = &self.presence else {
+            return "{}".to_owned();
+        };
+        let topic = self.topic.lock().unwrap_or_else(|p| p.into_inner());
+        presence.list(&topic)
     }
 }
 

@@ -21,6 +21,7 @@ use super::Runtime;
 use super::bindings::{self, Channel, ChannelPre, Effect, Outcome, StoreData};
 use super::guest_log::GuestLog;
 use crate::config::GuestLimits;
+use crate::presence::{Owner, Presence};
 use crate::protocol::Payload;
 use bindings::roost::channel::types as wit;
 
@@ -64,6 +65,11 @@ pub struct CallContext<'a> {
     pub socket_id: Option<&'a str>,
     pub claims: &'a str,
     pub assigns: &'a str,
+    /// The app's presence tracker, for the presence imports.
+    pub presence: Option<&'a Presence>,
+    /// The channel that owns what the call tracks; `None` where the call
+    /// may read presence but not change it (`terminate`).
+    pub owner: Option<Owner>,
 }
 
 /// A callback's result and the effects it recorded, in call order.
@@ -149,7 +155,7 @@ impl Plugin {
             intercepts: Vec::new(),
             warm: Mutex::new(Vec::new()),
         };
-        let mut lease = plugin.lease("", Deadline::Call).await?;
+        let mut lease = plugin.lease(None, Deadline::Call).await?;
         let result = lease
             .channel
             .roost_channel_handler()
@@ -195,7 +201,7 @@ impl Plugin {
         ctx: CallContext<'_>,
         payload: &Payload,
     ) -> Result<Called<Result<Outcome, Payload>>, PluginError> {
-        let mut lease = self.lease(ctx.topic, Deadline::Join).await?;
+        let mut lease = self.lease(Some(ctx), Deadline::Join).await?;
         let result = lease
             .channel
             .roost_channel_handler()
@@ -224,7 +230,7 @@ impl Plugin {
         event: &str,
         payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
-        let mut lease = self.lease(ctx.topic, Deadline::Call).await?;
+        let mut lease = self.lease(Some(ctx), Deadline::Call).await?;
         let result = lease
             .channel
             .roost_channel_handler()
@@ -247,7 +253,7 @@ impl Plugin {
         event: &str,
         payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
-        let mut lease = self.lease(ctx.topic, Deadline::Call).await?;
+        let mut lease = self.lease(Some(ctx), Deadline::Call).await?;
         let result = lease
             .channel
             .roost_channel_handler()
@@ -269,7 +275,7 @@ impl Plugin {
         ctx: CallContext<'_>,
         reason: &str,
     ) -> Result<Called<()>, PluginError> {
-        let mut lease = self.lease(ctx.topic, Deadline::Call).await?;
+        let mut lease = self.lease(Some(ctx), Deadline::Call).await?;
         let result = lease
             .channel
             .roost_channel_handler()
@@ -288,8 +294,13 @@ impl Plugin {
         }
     }
 
-    /// Takes a warm instance (or makes one) and arms its deadline.
-    async fn lease(&self, topic: &str, deadline: Deadline) -> Result<Warm, PluginError> {
+    /// Takes a warm instance (or makes one), arms its deadline, and sets
+    /// what the call may reach (topic, presence).
+    async fn lease(
+        &self,
+        ctx: Option<CallContext<'_>>,
+        deadline: Deadline,
+    ) -> Result<Warm, PluginError> {
         let limits = self.limits();
         let deadline = match deadline {
             Deadline::Join => limits.join_deadline,
@@ -304,8 +315,10 @@ impl Plugin {
         {
             let mut current = data.topic.lock().unwrap_or_else(|p| p.into_inner());
             current.clear();
-            current.push_str(topic);
+            current.push_str(ctx.map_or("", |ctx| ctx.topic));
         }
+        data.presence = ctx.and_then(|ctx| ctx.presence.cloned());
+        data.owner = ctx.and_then(|ctx| ctx.owner);
         data.max_output = limits.output_bytes;
         data.deadline = Instant::now() + deadline;
         data.budget = deadline;
@@ -376,7 +389,7 @@ impl Plugin {
         result: wasmtime::Result<T>,
     ) -> Result<Called<T>, PluginError> {
         let data = warm.store.data_mut();
-        let effects = std::mem::take(&mut data.effects);
+        let effects = data.take_effects();
         let bad_import = data.bad_import.take();
         let value = match result {
             Ok(value) => value,

@@ -134,6 +134,29 @@ impl Outbox {
         self.shared.ready.notify_one();
     }
 
+    /// Moves everything queued in `held` (a holding outbox, see
+    /// `PubSub::release`) to the end of this one. If `held` overflowed, so
+    /// does this one: what it dropped cannot be recovered.
+    pub fn take_from(&self, held: &Outbox) {
+        let (items, overflowed) = {
+            let mut held = held.lock();
+            held.bytes = 0;
+            (std::mem::take(&mut held.items), held.overflowed)
+        };
+        if overflowed {
+            let mut state = self.lock();
+            state.overflowed = true;
+            state.items.clear();
+            state.bytes = 0;
+            drop(state);
+            self.shared.ready.notify_one();
+            return;
+        }
+        for item in items {
+            self.push(item);
+        }
+    }
+
     /// Moves everything queued into `into`.
     pub fn drain(&self, into: &mut Vec<Item>) {
         let mut state = self.lock();
@@ -188,6 +211,38 @@ mod tests {
         outbox.drain(&mut items);
         assert!(items.is_empty(), "an overflowed outbox holds nothing");
         assert!(!outbox.push(frame("y")));
+    }
+
+    #[test]
+    fn take_from_appends_held_items_in_order() {
+        let outbox = Outbox::new(100);
+        let held = Outbox::new(100);
+        assert!(outbox.push(frame("reply")));
+        assert!(held.push(frame("b1")));
+        assert!(held.push(frame("b2")));
+        outbox.take_from(&held);
+        let mut items = Vec::new();
+        outbox.drain(&mut items);
+        let texts: Vec<&str> = items
+            .iter()
+            .map(|item| match item {
+                Item::Frame(WireFrame::Text(t)) => t.as_str(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(texts, ["reply", "b1", "b2"]);
+        let mut rest = Vec::new();
+        held.drain(&mut rest);
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn an_overflowed_hold_overflows_the_outbox() {
+        let outbox = Outbox::new(100);
+        let held = Outbox::new(4);
+        assert!(!held.push(frame("too long")));
+        outbox.take_from(&held);
+        assert!(outbox.overflowed());
     }
 
     #[test]

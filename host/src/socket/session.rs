@@ -6,6 +6,12 @@
 //! touches it) and writes everything it sends into its outbox. Plugin calls
 //! are awaited in place, so the messages of one socket are handled strictly
 //! one after another and a join's reply always precedes what follows it.
+//!
+//! Each joined channel owns its presence entries (`presence`); they are
+//! removed, with a `presence_diff` to the topic, wherever a channel ends:
+//! in `remove` (leave, stop, crash, duplicate join, removed route), in
+//! `close` (the connection is gone, a long-poll session expired), after a
+//! refused or crashed join, and on drop.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::app::App;
 use crate::auth::Identity;
+use crate::presence::Owner;
 use crate::protocol::{self, Message, Outbound, Payload, Serializer, event};
 use crate::runtime::{CallContext, Called, Effect, Outcome, PluginError, PluginSlot};
 
@@ -30,6 +37,8 @@ struct Joined {
     slot: Arc<PluginSlot>,
     /// The channel's state, a JSON object owned by the host.
     assigns: String,
+    /// Owns the presence entries the channel tracks.
+    owner: Owner,
 }
 
 /// Where a callback's reply goes.
@@ -175,11 +184,13 @@ impl Session {
         }
     }
 
-    /// The connection is gone: every channel terminates and unsubscribes.
+    /// The connection is gone: every channel unsubscribes, leaves presence
+    /// and terminates.
     pub async fn close(&mut self) {
         for (topic, joined) in std::mem::take(&mut self.channels) {
             self.app.count_channel(false);
             self.app.pubsub.unsubscribe(&topic, self.socket);
+            self.forget(&topic, joined.owner);
             self.terminate(&topic, &joined, "closed").await;
         }
     }
@@ -207,25 +218,36 @@ impl Session {
             Serializer::V2 => join_ref.clone(),
         };
         let plugin = slot.current();
+        // Subscribed before the guest's join runs, as a Phoenix channel is
+        // before it replies, but into a holding outbox: what the topic
+        // broadcasts meanwhile (say, another channel's presence_diff) waits
+        // there and follows the join reply. Subscribing only after the join
+        // would lose what came between a presence_state the join listed and
+        // the subscription.
+        let held = Outbox::new(state.config.limits.outbox_bytes);
+        self.app
+            .pubsub
+            .subscribe(&topic, self.subscriber(held.clone()));
+        let owner = self.app.presence.owner();
         let ctx = CallContext {
             topic: &topic,
             socket_id: self.socket_id.as_deref(),
             claims: &self.claims,
             assigns: "{}",
+            presence: Some(&self.app.presence),
+            owner: Some(owner),
         };
-        match plugin.join(ctx, &payload).await {
+        let result = plugin.join(ctx, &payload).await;
+        if !matches!(result, Ok(Called { value: Ok(_), .. })) {
+            // A refused or crashed join never existed; what it tracked goes.
+            self.app.pubsub.unsubscribe(&topic, self.socket);
+            self.forget(&topic, owner);
+        }
+        match result {
             Ok(Called {
                 value: Ok(outcome),
                 effects,
             }) => {
-                self.app.pubsub.subscribe(
-                    &topic,
-                    Subscriber {
-                        socket: self.socket,
-                        serializer: self.serializer,
-                        outbox: self.outbox.clone(),
-                    },
-                );
                 let Outcome {
                     reply: response,
                     assigns,
@@ -233,6 +255,9 @@ impl Session {
                 } = outcome;
                 let response = response.map_or_else(Payload::empty, |(_, response)| response);
                 self.send(reply(join_ref, ref_, topic.clone(), event::OK, response));
+                self.app
+                    .pubsub
+                    .release(&topic, self.subscriber(self.outbox.clone()), &held);
                 self.apply(&topic, &channel_ref, effects);
                 tracing::debug!(topic, plugin = plugin.name(), "joined");
                 let assigns = assigns.unwrap_or_else(|| "{}".to_owned());
@@ -243,6 +268,7 @@ impl Session {
                         join_ref: channel_ref,
                         slot,
                         assigns,
+                        owner,
                     },
                 );
             }
@@ -366,20 +392,49 @@ impl Session {
         }
     }
 
-    /// Calls `terminate`, best effort, and applies its effects.
+    /// Calls `terminate`, best effort, and applies its effects. The channel
+    /// has left the table and its presence already: `terminate` may list
+    /// presences but not track.
     async fn terminate(&mut self, topic: &str, joined: &Joined, reason: &str) {
         let plugin = joined.slot.current();
-        match plugin.terminate(self.context(topic, joined), reason).await {
+        let ctx = CallContext {
+            owner: None,
+            ..self.context(topic, joined)
+        };
+        match plugin.terminate(ctx, reason).await {
             Ok(called) => self.apply(topic, &joined.join_ref, called.effects),
             Err(error) => self.log_failure(topic, &joined.slot, "terminate", &error),
         }
     }
 
+    /// Takes a channel out of the table: it no longer counts, receives
+    /// broadcasts, or is present on its topic.
     fn remove(&mut self, topic: &str) -> Option<Joined> {
         let joined = self.channels.remove(topic)?;
         self.app.count_channel(false);
         self.app.pubsub.unsubscribe(topic, self.socket);
+        self.forget(topic, joined.owner);
         Some(joined)
+    }
+
+    /// Untracks everything `owner` tracked on `topic` and broadcasts the
+    /// leaves (after unsubscribing, so the leaving client is not told).
+    fn forget(&self, topic: &str, owner: Owner) {
+        let diff = self.app.presence.untrack_all(topic, owner);
+        if !diff.is_empty() {
+            let payload = diff.to_payload();
+            self.app
+                .broadcast(topic, event::PRESENCE_DIFF, &payload, None);
+        }
+    }
+
+    /// This socket as a subscriber whose broadcasts go to `outbox`.
+    fn subscriber(&self, outbox: Outbox) -> Subscriber {
+        Subscriber {
+            socket: self.socket,
+            serializer: self.serializer,
+            outbox,
+        }
     }
 
     /// Applies effects in call order, on behalf of the channel `topic`.
@@ -414,6 +469,8 @@ impl Session {
             socket_id: self.socket_id.as_deref(),
             claims: &self.claims,
             assigns: &joined.assigns,
+            presence: Some(&self.app.presence),
+            owner: Some(joined.owner),
         }
     }
 
@@ -436,6 +493,11 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // `close` normally emptied the table; a session dropped without it
+        // still takes its channels' presences along.
+        for (topic, joined) in &self.channels {
+            self.forget(topic, joined.owner);
+        }
         self.app.unregister_socket(self.socket);
     }
 }

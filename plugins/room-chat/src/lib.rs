@@ -1,5 +1,10 @@
 //! The `room-chat` channel (routes `room:*`): a chat room per topic, with the
-//! user's name taken from the token or the join payload.
+//! user's name taken from the token or the join payload, and presence: each
+//! user is tracked on join (key = username, meta `{"online_at": <ms>}`), and
+//! the joining client gets the room's `presence_state`, so the phoenix.js
+//! `Presence` class shows who is in the room.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use roost_guest::prelude::*;
 
@@ -9,6 +14,9 @@ impl Channel for RoomChat {
     fn join(topic: &str, payload: Payload, socket: &mut Socket) -> JoinResult {
         let room_id = topic.strip_prefix("room:").unwrap_or(topic).to_owned();
         let username = username(socket.claims(), &payload);
+        socket.track(&username, json!({ "online_at": now_ms() }));
+        // Lists the user just tracked too; pushed after the join reply.
+        socket.push_presence_state();
         socket.assign("room_id", room_id);
         socket.assign("username", username);
         Ok(Joined::reply(json!({ "channel": topic })))
@@ -46,6 +54,13 @@ fn username(claims: &Value, payload: &Payload) -> String {
         .find_map(Value::as_str)
         .unwrap_or("anonymous")
         .to_owned()
+}
+
+/// Milliseconds since the Unix epoch, from the WASI wall clock.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 export_channel!(RoomChat);

@@ -20,6 +20,8 @@ async fn main() -> anyhow::Result<()> {
         socket_id: None,
         claims: "{}",
         assigns: "{}",
+        presence: None,
+        owner: None,
     };
     for _ in 0..1_000 {
         plugin.handle_in(ctx, "ping", &payload).await?;
