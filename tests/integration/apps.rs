@@ -104,12 +104,12 @@ async fn apps_with_the_same_topic_do_not_see_each_other() {
     // Presence is per app too: each app's room has its own user only.
     for (c, r) in [(&mut a, "ref1"), (&mut b, "ref2")] {
         c.call(
-            r#"["1","1","room:same","phx_join",{}]"#,
+            r#"["1","1","room:same","phx_join",{"username":"u"}]"#,
             r#"["1","1","room:same","phx_reply",{"response":{"channel":"room:same"},"status":"ok"}]"#,
         )
         .await;
-        c.expect_masked(&mut refs, &format!(r#"["1",null,"room:same","presence_state",{{"anonymous":{{"metas":[{{"online_at":T,"phx_ref":"{r}"}}]}}}}]"#)).await;
-        c.expect_masked(&mut refs, &format!(r#"[null,null,"room:same","presence_diff",{{"joins":{{"anonymous":{{"metas":[{{"online_at":T,"phx_ref":"{r}"}}]}}}},"leaves":{{}}}}]"#)).await;
+        c.expect_masked(&mut refs, &format!(r#"["1",null,"room:same","presence_state",{{"u":{{"metas":[{{"online_at":T,"phx_ref":"{r}"}}]}}}}]"#)).await;
+        c.expect_masked(&mut refs, &format!(r#"[null,null,"room:same","presence_diff",{{"joins":{{"u":{{"metas":[{{"online_at":T,"phx_ref":"{r}"}}]}}}},"leaves":{{}}}}]"#)).await;
     }
     a.send(r#"["1","2","room:same","new_msg",{"body":"alpha only"}]"#)
         .await;
@@ -327,19 +327,19 @@ async fn api_broadcasts_reach_subscribers_and_intercepts() {
     )
     .await;
     c.call(
-        r#"["2","2","room:api","phx_join",{}]"#,
+        r#"["2","2","room:api","phx_join",{"username":"api"}]"#,
         r#"["2","2","room:api","phx_reply",{"response":{"channel":"room:api"},"status":"ok"}]"#,
     )
     .await;
     let mut refs = Refs::default();
     c.expect_masked(
         &mut refs,
-        r#"["2",null,"room:api","presence_state",{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,
+        r#"["2",null,"room:api","presence_state",{"api":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,
     )
     .await;
     c.expect_masked(
         &mut refs,
-        r#"[null,null,"room:api","presence_diff",{"joins":{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}]"#,
+        r#"[null,null,"room:api","presence_diff",{"joins":{"api":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}]"#,
     )
     .await;
     let (status, body) = api(

@@ -122,28 +122,29 @@ async fn a_waiting_poll_returns_when_a_message_arrives() {
     let mut p = Poller::new(&server, "vsn=2.0.0");
     let mut refs = Refs::default();
     p.open().await;
-    p.post(&[r#"["1","1","room:lp","phx_join",{}]"#]).await;
+    p.post(&[r#"["1","1","room:lp","phx_join",{"username":"lp"}]"#])
+        .await;
     let joined: Vec<String> = p.messages(3).await.iter().map(|m| refs.mask(m)).collect();
     assert_eq!(
         joined,
         [
             r#"["1","1","room:lp","phx_reply",{"response":{"channel":"room:lp"},"status":"ok"}]"#,
-            r#"["1",null,"room:lp","presence_state",{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,
-            r#"[null,null,"room:lp","presence_diff",{"joins":{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}]"#,
+            r#"["1",null,"room:lp","presence_state",{"lp":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,
+            r#"[null,null,"room:lp","presence_diff",{"joins":{"lp":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}]"#,
         ]
     );
     let mut ws = server.connect_v2().await;
     ws.call(
-        r#"["1","1","room:lp","phx_join",{}]"#,
+        r#"["1","1","room:lp","phx_join",{"username":"lp"}]"#,
         r#"["1","1","room:lp","phx_reply",{"response":{"channel":"room:lp"},"status":"ok"}]"#,
     )
     .await;
     ws.expect_masked(
         &mut refs,
-        r#"["1",null,"room:lp","presence_state",{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"},{"online_at":T,"phx_ref":"ref2"}]}}]"#,
+        r#"["1",null,"room:lp","presence_state",{"lp":{"metas":[{"online_at":T,"phx_ref":"ref1"},{"online_at":T,"phx_ref":"ref2"}]}}]"#,
     )
     .await;
-    let ws_joined = r#"[null,null,"room:lp","presence_diff",{"joins":{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}},"leaves":{}}]"#;
+    let ws_joined = r#"[null,null,"room:lp","presence_diff",{"joins":{"lp":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}},"leaves":{}}]"#;
     ws.expect_masked(&mut refs, ws_joined).await;
     let heard: Vec<String> = p.messages(1).await.iter().map(|m| refs.mask(m)).collect();
     assert_eq!(heard, [ws_joined]);
@@ -291,27 +292,28 @@ async fn a_session_without_polls_expires_and_its_channels_terminate() {
     let mut refs = Refs::default();
     let mut ws = server.connect_v2().await;
     ws.call(
-        r#"["1","1","room:exp","phx_join",{}]"#,
+        r#"["1","1","room:exp","phx_join",{"username":"ws"}]"#,
         r#"["1","1","room:exp","phx_reply",{"response":{"channel":"room:exp"},"status":"ok"}]"#,
     )
     .await;
     ws.expect_masked(
         &mut refs,
-        r#"["1",null,"room:exp","presence_state",{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,
+        r#"["1",null,"room:exp","presence_state",{"ws":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,
     )
     .await;
     ws.expect_masked(
         &mut refs,
-        r#"[null,null,"room:exp","presence_diff",{"joins":{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}]"#,
+        r#"[null,null,"room:exp","presence_diff",{"joins":{"ws":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}]"#,
     )
     .await;
     let mut p = Poller::new(&server, "vsn=2.0.0");
     p.open().await;
-    p.post(&[r#"["1","1","room:exp","phx_join",{}]"#]).await;
+    p.post(&[r#"["1","1","room:exp","phx_join",{"username":"lp"}]"#])
+        .await;
     p.messages(1).await;
     ws.expect_masked(
         &mut refs,
-        r#"[null,null,"room:exp","presence_diff",{"joins":{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}},"leaves":{}}]"#,
+        r#"[null,null,"room:exp","presence_diff",{"joins":{"lp":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}},"leaves":{}}]"#,
     )
     .await;
     // No GET for 1.5 windows: the session ends and leaves the room.
@@ -332,7 +334,7 @@ async fn a_session_without_polls_expires_and_its_channels_terminate() {
     // The expired session's presence left the room with it.
     ws.expect_masked(
         &mut refs,
-        r#"[null,null,"room:exp","presence_diff",{"joins":{},"leaves":{"anonymous":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}}}]"#,
+        r#"[null,null,"room:exp","presence_diff",{"joins":{},"leaves":{"lp":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}}}]"#,
     )
     .await;
     ws.expect(r#"[null,null,"room:exp","ping",{}]"#).await;

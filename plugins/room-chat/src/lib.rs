@@ -1,8 +1,10 @@
 //! The `room-chat` channel (routes `room:*`): a chat room per topic, with the
 //! user's name taken from the token or the join payload, and presence: each
-//! user is tracked on join (key = username, meta `{"online_at": <ms>}`), and
-//! the joining client gets the room's `presence_state`, so the phoenix.js
-//! `Presence` class shows who is in the room.
+//! named user is tracked on join (key = username, meta `{"online_at": <ms>}`),
+//! and every joining client gets the room's `presence_state`, so the
+//! phoenix.js `Presence` class shows who is in the room. Anonymous readers
+//! are not listed: they would make every join announce itself to the whole
+//! room, which a large audience cannot afford.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,11 +16,13 @@ impl Channel for RoomChat {
     fn join(topic: &str, payload: Payload, socket: &mut Socket) -> JoinResult {
         let room_id = topic.strip_prefix("room:").unwrap_or(topic).to_owned();
         let username = username(socket.claims(), &payload);
-        socket.track(&username, json!({ "online_at": now_ms() }));
+        if let Some(name) = &username {
+            socket.track(name, json!({ "online_at": now_ms() }));
+        }
         // Lists the user just tracked too; pushed after the join reply.
         socket.push_presence_state();
         socket.assign("room_id", room_id);
-        socket.assign("username", username);
+        socket.assign("username", username.as_deref().unwrap_or("anonymous"));
         Ok(Joined::reply(json!({ "channel": topic })))
     }
 
@@ -47,13 +51,12 @@ impl Channel for RoomChat {
 }
 
 /// The token's `username` or `sub` claim, else the join payload's
-/// `username`, else `anonymous`.
-fn username(claims: &Value, payload: &Payload) -> String {
+/// `username`; `None` for an anonymous reader.
+fn username(claims: &Value, payload: &Payload) -> Option<String> {
     [&claims["username"], &claims["sub"], &payload["username"]]
         .into_iter()
         .find_map(Value::as_str)
-        .unwrap_or("anonymous")
-        .to_owned()
+        .map(str::to_owned)
 }
 
 /// Milliseconds since the Unix epoch, from the WASI wall clock.
