@@ -230,20 +230,7 @@ impl Plugin {
         event: &str,
         payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
-        let mut lease = self.lease(Some(ctx), Deadline::Call).await?;
-        let result = lease
-            .channel
-            .roost_channel_handler()
-            .call_handle_in(
-                &mut lease.store,
-                &self.context(ctx),
-                event,
-                &bindings::to_wit(payload),
-            )
-            .await;
-        let max = self.limits().output_bytes;
-        self.finish(lease, result)?
-            .try_map(|outcome| convert_outcome(outcome, max))
+        self.handle(Direction::In, ctx, event, payload).await
     }
 
     /// `handle_out`: an intercepted broadcast about to reach the client.
@@ -253,17 +240,31 @@ impl Plugin {
         event: &str,
         payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
+        self.handle(Direction::Out, ctx, event, payload).await
+    }
+
+    async fn handle(
+        &self,
+        direction: Direction,
+        ctx: CallContext<'_>,
+        event: &str,
+        payload: &Payload,
+    ) -> Result<Called<Outcome>, PluginError> {
         let mut lease = self.lease(Some(ctx), Deadline::Call).await?;
-        let result = lease
-            .channel
-            .roost_channel_handler()
-            .call_handle_out(
-                &mut lease.store,
-                &self.context(ctx),
-                event,
-                &bindings::to_wit(payload),
-            )
-            .await;
+        let handler = lease.channel.roost_channel_handler();
+        let (context, payload) = (self.context(ctx), bindings::to_wit(payload));
+        let result = match direction {
+            Direction::In => {
+                handler
+                    .call_handle_in(&mut lease.store, &context, event, &payload)
+                    .await
+            }
+            Direction::Out => {
+                handler
+                    .call_handle_out(&mut lease.store, &context, event, &payload)
+                    .await
+            }
+        };
         let max = self.limits().output_bytes;
         self.finish(lease, result)?
             .try_map(|outcome| convert_outcome(outcome, max))
@@ -429,6 +430,13 @@ fn classify(error: wasmtime::Error, budget: Duration) -> PluginError {
         return PluginError::MemoryLimit;
     }
     PluginError::Trap(text)
+}
+
+/// Which way an event is going: `handle_in` or `handle_out`.
+#[derive(Clone, Copy)]
+enum Direction {
+    In,
+    Out,
 }
 
 /// Which of the app's deadlines a call runs under.

@@ -23,7 +23,7 @@ use crate::presence::Owner;
 use crate::protocol::{self, Message, Outbound, Payload, Serializer, event};
 use crate::runtime::{CallContext, Called, Effect, Outcome, PluginError, PluginSlot};
 
-use super::{Intercepted, Item, Outbox};
+use super::{Close, Intercepted, Item, Outbox, WireFrame};
 use crate::pubsub::Subscriber;
 
 /// Source of server-unique socket numbers, used to tell subscribers apart.
@@ -149,9 +149,34 @@ impl Session {
         }
     }
 
+    /// Moves what is queued for the client into `frames`, handling on the way
+    /// the items that are the session's own business (intercepted
+    /// broadcasts, reroutes). Returns once the outbox is empty; `Err` when
+    /// the connection must close.
+    pub async fn take_frames(&mut self, frames: &mut Vec<WireFrame>) -> Result<(), Close> {
+        let mut items = Vec::new();
+        loop {
+            if self.outbox.overflowed() {
+                return Err(Close::SlowConsumer);
+            }
+            self.outbox.drain(&mut items);
+            if items.is_empty() {
+                return Ok(());
+            }
+            for item in items.drain(..) {
+                match item {
+                    Item::Frame(frame) => frames.push(frame),
+                    Item::Intercept(intercepted) => self.handle_intercept(&intercepted).await,
+                    Item::Reroute => self.reroute(),
+                    Item::Close(close) => return Err(close),
+                }
+            }
+        }
+    }
+
     /// Runs `handle_out` for an intercepted broadcast, if the channel is
     /// still joined.
-    pub async fn handle_intercept(&mut self, intercepted: &Intercepted) {
+    async fn handle_intercept(&mut self, intercepted: &Intercepted) {
         let Some(joined) = self.channels.get(&intercepted.topic) else {
             return;
         };
@@ -169,7 +194,7 @@ impl Session {
 
     /// Ends the channels whose plugin a config change removed, with
     /// `phx_error`, so their clients rejoin and meet the new routes.
-    pub fn reroute(&mut self) {
+    fn reroute(&mut self) {
         let retired: Vec<String> = self
             .channels
             .iter()

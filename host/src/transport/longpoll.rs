@@ -23,7 +23,7 @@ use crate::app::App;
 use crate::auth;
 use crate::protocol::{self, Message, Serializer};
 use crate::server::Server;
-use crate::socket::{Close, Item, Session, WireFrame};
+use crate::socket::{Close, Session, WireFrame};
 
 /// Commands queued for one session's task before POSTs wait.
 const COMMAND_QUEUE: usize = 128;
@@ -67,7 +67,7 @@ struct Handle {
 /// State shared by a session's task and its GETs.
 struct Shared {
     /// Encoded text frames waiting for a GET.
-    frames: Mutex<Vec<String>>,
+    waiting: Mutex<Waiting>,
     /// Woken when frames arrive or the session ends.
     arrived: Notify,
     /// When the last GET came; the session ends 1.5 windows after it.
@@ -85,8 +85,17 @@ impl Shared {
     }
 
     fn take_frames(&self) -> Vec<String> {
-        std::mem::take(&mut *self.frames.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.bytes = 0;
+        std::mem::take(&mut waiting.frames)
     }
+}
+
+/// Frames waiting for a GET, and their size.
+#[derive(Default)]
+struct Waiting {
+    frames: Vec<String>,
+    bytes: usize,
 }
 
 enum Command {
@@ -205,7 +214,7 @@ fn open(
     };
     let token = new_token();
     let shared = Arc::new(Shared {
-        frames: Mutex::new(Vec::new()),
+        waiting: Mutex::new(Waiting::default()),
         arrived: Notify::new(),
         last_poll: Mutex::new(Instant::now()),
         closed: AtomicBool::new(false),
@@ -299,9 +308,9 @@ async fn run(
     let outbox = session.outbox().clone();
     let limits = session.app().state().config.limits.clone();
     let (window, limit) = (limits.longpoll_window(), limits.outbox_bytes);
-    let mut items = Vec::new();
+    let mut frames = Vec::new();
     loop {
-        if let Err(close) = collect(&mut session, &shared, &mut items, limit).await {
+        if let Err(close) = collect(&mut session, &shared, &mut frames, limit).await {
             tracing::info!("closing long-poll session: {}", close.reason());
             break;
         }
@@ -337,41 +346,33 @@ async fn run(
 async fn collect(
     session: &mut Session,
     shared: &Shared,
-    items: &mut Vec<Item>,
+    frames: &mut Vec<WireFrame>,
     limit: usize,
 ) -> Result<(), Close> {
-    loop {
-        if session.outbox().overflowed() {
-            return Err(Close::SlowConsumer);
-        }
-        session.outbox().drain(items);
-        if items.is_empty() {
-            return Ok(());
-        }
-        let mut arrived = false;
-        for item in items.drain(..) {
-            match item {
-                Item::Frame(WireFrame::Text(text)) => {
-                    let mut frames = shared.frames.lock().unwrap_or_else(|p| p.into_inner());
-                    frames.push(text.as_str().to_owned());
-                    if frames.iter().map(String::len).sum::<usize>() > limit {
-                        return Err(Close::SlowConsumer);
-                    }
-                    arrived = true;
+    session.take_frames(frames).await?;
+    if frames.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut waiting = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        for frame in frames.drain(..) {
+            match frame {
+                WireFrame::Text(text) => {
+                    waiting.bytes += text.len();
+                    waiting.frames.push(text.as_str().to_owned());
                 }
                 // Long-poll delivers JSON strings only (as Phoenix does).
-                Item::Frame(WireFrame::Binary(_)) => {
+                WireFrame::Binary(_) => {
                     tracing::debug!("binary frame not sent: long-poll carries text only");
                 }
-                Item::Intercept(intercepted) => session.handle_intercept(&intercepted).await,
-                Item::Reroute => session.reroute(),
-                Item::Close(close) => return Err(close),
             }
         }
-        if arrived {
-            shared.arrived.notify_waiters();
+        if waiting.bytes > limit {
+            return Err(Close::SlowConsumer);
         }
     }
+    shared.arrived.notify_waiters();
+    Ok(())
 }
 
 /// An unguessable session token: 24 random bytes, base64url.

@@ -18,7 +18,7 @@ use crate::app::App;
 use crate::auth::{self, Identity};
 use crate::protocol::{self, RawFrame, Serializer};
 use crate::server::Server;
-use crate::socket::{Close, Item, Outbox, Session, WireFrame};
+use crate::socket::{Close, Outbox, Session, WireFrame};
 
 /// Read buffer per connection. Small, because an idle connection should cost
 /// bytes; larger frames simply take more reads.
@@ -122,10 +122,10 @@ async fn run(mut socket: WebSocket, mut session: Session, shutdown: Cancellation
     tracing::debug!("connected");
     let outbox = session.outbox().clone();
     let idle = session.app().state().config.limits.idle_timeout();
-    let mut items = Vec::new();
+    let mut frames = Vec::new();
     let close = loop {
         let written = tokio::select! {
-            written = write_queued(&mut socket, &mut session, &mut items) => written,
+            written = write_queued(&mut socket, &mut session, &mut frames) => written,
             () = overflow(&outbox) => Err(Some(Close::SlowConsumer)),
         };
         if let Err(close) = written {
@@ -176,39 +176,27 @@ async fn run(mut socket: WebSocket, mut session: Session, shutdown: Cancellation
     tracing::debug!("disconnected");
 }
 
-/// Writes everything queued, running `handle_out` for intercepted
-/// broadcasts on the way. It returns only after finding the outbox empty, so
-/// a push after that wakes the caller's `outbox.ready()`. `Err(None)` means
-/// the connection is gone.
+/// Writes everything queued, several frames per flush. It returns only
+/// after finding the outbox empty, so a push after that wakes the caller's
+/// `outbox.ready()`. `Err(None)` means the connection is gone.
 async fn write_queued(
     socket: &mut WebSocket,
     session: &mut Session,
-    items: &mut Vec<Item>,
+    frames: &mut Vec<WireFrame>,
 ) -> Result<(), Option<Close>> {
     loop {
-        session.outbox().drain(items);
-        if items.is_empty() {
+        session.take_frames(frames).await.map_err(Some)?;
+        if frames.is_empty() {
             return Ok(());
         }
-        let mut wrote = false;
-        for item in items.drain(..) {
-            match item {
-                Item::Frame(frame) => {
-                    let message = match frame {
-                        WireFrame::Text(text) => WsMessage::Text(text),
-                        WireFrame::Binary(bytes) => WsMessage::Binary(bytes),
-                    };
-                    socket.feed(message).await.map_err(|_| None)?;
-                    wrote = true;
-                }
-                Item::Intercept(intercepted) => session.handle_intercept(&intercepted).await,
-                Item::Reroute => session.reroute(),
-                Item::Close(close) => return Err(Some(close)),
-            }
+        for frame in frames.drain(..) {
+            let message = match frame {
+                WireFrame::Text(text) => WsMessage::Text(text),
+                WireFrame::Binary(bytes) => WsMessage::Binary(bytes),
+            };
+            socket.feed(message).await.map_err(|_| None)?;
         }
-        if wrote {
-            socket.flush().await.map_err(|_| None)?;
-        }
+        socket.flush().await.map_err(|_| None)?;
     }
 }
 
