@@ -1,0 +1,347 @@
+//! The server under test, and what bench can measure of it.
+//!
+//! - `--url URL`: any Phoenix-protocol server already running (loopback
+//!   only); bench cannot see its memory or CPU.
+//! - default: Roost started inside this process on its own tokio runtime
+//!   (threads `roost-server`). RSS is the whole process's (server and
+//!   generator); server CPU is the process's minus the generator's threads
+//!   (`bench-client`) and the main thread's.
+//! - `--spawn`: the `roost` binary started as a child process with a config
+//!   written to a temporary file; RSS and CPU are the child's alone.
+//!
+//! CPU comes from `/proc/<pid>/stat` (utime + stime, in 10 ms ticks), RSS
+//! from `VmRSS` in `/proc/<pid>/status`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use roost_host::config::Config;
+use roost_host::server::{self, Running};
+use tokio::process::{Child, Command};
+use tokio::runtime::Runtime;
+use tokio::time::Instant;
+
+use crate::client::Endpoint;
+
+/// Where the server comes from; options shared by every scenario.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// Measure an already running Phoenix Channels server (V2 JSON) at this
+    /// WebSocket URL, e.g. `ws://127.0.0.1:4000/socket/websocket?vsn=2.0.0`.
+    /// Loopback addresses only. Without it bench starts Roost itself.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Server under test",
+        value_name = "URL"
+    )]
+    pub url: Option<String>,
+
+    /// Start Roost as a child process (the `roost` binary) rather than in
+    /// this process, so that its RSS and CPU are measured alone.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Server under test",
+        conflicts_with = "url"
+    )]
+    pub spawn: bool,
+
+    /// The `roost` binary for --spawn [default: `roost` next to this
+    /// executable, i.e. $CARGO_TARGET_DIR/<profile>/roost; build it with
+    /// `cargo build -p roost-host`].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Server under test",
+        value_name = "PATH"
+    )]
+    pub roost_bin: Option<PathBuf>,
+
+    /// Worker threads of the in-process Roost server.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Server under test",
+        default_value_t = 2
+    )]
+    pub server_threads: usize,
+}
+
+/// One reading of the server's resource use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    pub rss_kb: Option<u64>,
+    pub cpu: Option<Duration>,
+    /// This process's generator threads (not its worker processes).
+    pub generator_cpu: Option<Duration>,
+}
+
+impl Sample {
+    /// Server CPU time used between `earlier` and this sample.
+    pub fn cpu_since(&self, earlier: &Sample) -> Option<Duration> {
+        Some(self.cpu?.saturating_sub(earlier.cpu?))
+    }
+
+    /// Generator CPU time used between `earlier` and this sample.
+    pub fn generator_cpu_since(&self, earlier: &Sample) -> Option<Duration> {
+        Some(self.generator_cpu?.saturating_sub(earlier.generator_cpu?))
+    }
+}
+
+/// A started (or found) server.
+pub struct Target {
+    pub endpoint: Endpoint,
+    kind: Kind,
+}
+
+enum Kind {
+    External,
+    InProcess {
+        running: Option<Running>,
+        runtime: Option<Runtime>,
+    },
+    Spawned {
+        child: Child,
+        pid: u32,
+        config: PathBuf,
+    },
+}
+
+impl Target {
+    pub async fn start(args: &TargetArgs) -> anyhow::Result<Self> {
+        if let Some(url) = &args.url {
+            return Ok(Self {
+                endpoint: Endpoint::parse(url)?,
+                kind: Kind::External,
+            });
+        }
+        if args.spawn {
+            return Self::spawn(args).await;
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.server_threads.max(1))
+            .thread_name("roost-server")
+            .enable_all()
+            .build()?;
+        let config = Config::parse(&config_text("127.0.0.1:0"), ".".as_ref())?;
+        let running = runtime.spawn(server::start(config)).await??;
+        Ok(Self {
+            endpoint: Endpoint::roost(running.addr),
+            kind: Kind::InProcess {
+                running: Some(running),
+                runtime: Some(runtime),
+            },
+        })
+    }
+
+    async fn spawn(args: &TargetArgs) -> anyhow::Result<Self> {
+        let bin = match &args.roost_bin {
+            Some(bin) => bin.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("this executable has no directory")?
+                .join("roost"),
+        };
+        anyhow::ensure!(
+            bin.is_file(),
+            "{}: no roost binary; build it with `cargo build -p roost-host` or pass --roost-bin",
+            bin.display()
+        );
+        // A free port: bind, read it, release it for the child.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let config = std::env::temp_dir().join(format!("roost-bench-{}.toml", std::process::id()));
+        std::fs::write(&config, config_text(&listen))?;
+        let mut command = Command::new(&bin);
+        command
+            .args(["serve", "--listen", &listen, "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        if std::env::var_os("ROOST_LOG").is_none() {
+            command.env("ROOST_LOG", "warn");
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("the child has no pid")?;
+        let addr = listen.parse()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("{} exited before listening: {status}", bin.display());
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "roost did not listen on {listen} within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Self {
+            endpoint: Endpoint::roost(addr),
+            kind: Kind::Spawned { child, pid, config },
+        })
+    }
+
+    /// `external`, `in-process` or `spawned`.
+    pub fn kind(&self) -> &'static str {
+        match self.kind {
+            Kind::External => "external",
+            Kind::InProcess { .. } => "in-process",
+            Kind::Spawned { .. } => "spawned",
+        }
+    }
+
+    /// Whether this process's own connections count in [`Sample::rss_kb`].
+    pub fn rss_includes_generator(&self) -> bool {
+        matches!(self.kind, Kind::InProcess { .. })
+    }
+
+    pub fn sample(&self) -> Sample {
+        let generator = generator_ticks();
+        match &self.kind {
+            Kind::External => Sample {
+                generator_cpu: generator.map(ticks),
+                ..Sample::default()
+            },
+            Kind::InProcess { .. } => Sample {
+                rss_kb: rss_kb("/proc/self/status".as_ref()),
+                cpu: cpu_ticks("/proc/self/stat".as_ref())
+                    .zip(generator)
+                    .map(|(total, generator)| ticks(total.saturating_sub(generator))),
+                generator_cpu: generator.map(ticks),
+            },
+            Kind::Spawned { pid, .. } => Sample {
+                rss_kb: rss_kb(format!("/proc/{pid}/status").as_ref()),
+                cpu: cpu_ticks(format!("/proc/{pid}/stat").as_ref()).map(ticks),
+                generator_cpu: generator.map(ticks),
+            },
+        }
+    }
+
+    /// Fails early, with advice, if this process's open-file limit cannot
+    /// hold `client_ends` connections made here, plus `connections` server
+    /// ends if the server runs in this process.
+    pub fn ensure_fds(&self, client_ends: u64, connections: u64) -> anyhow::Result<()> {
+        let server_ends = if self.rss_includes_generator() {
+            connections
+        } else {
+            0
+        };
+        let needed = client_ends + server_ends + 100;
+        let (limit, _) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+        anyhow::ensure!(
+            needed <= limit,
+            "{connections} connections need about {needed} file descriptors in this process \
+             (server {}), but `ulimit -n` is {limit}: use fewer, --spawn, or (for \
+             `connections`) a smaller --per-process",
+            self.kind()
+        );
+        Ok(())
+    }
+
+    /// Fails if a spawned server has died.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Kind::Spawned { child, .. } = &mut self.kind
+            && let Some(status) = child.try_wait()?
+        {
+            anyhow::bail!("the roost server exited: {status}");
+        }
+        Ok(())
+    }
+
+    pub async fn stop(mut self) {
+        match &mut self.kind {
+            Kind::External => {}
+            Kind::InProcess { running, runtime } => {
+                if let (Some(running), Some(runtime)) = (running.take(), runtime.take()) {
+                    let shutdown = runtime.spawn(running.shutdown());
+                    let _ = tokio::time::timeout(Duration::from_secs(10), shutdown).await;
+                    runtime.shutdown_background();
+                }
+            }
+            Kind::Spawned { child, config, .. } => {
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+                let _ = std::fs::remove_file(config);
+            }
+        }
+    }
+}
+
+/// The demo app on `/socket` with the routes the scenarios use.
+fn config_text(listen: &str) -> String {
+    let plugin = |name: &str| {
+        let path = roost_tests::plugin(name);
+        std::fs::canonicalize(&path).unwrap_or(path)
+    };
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+node = "roost@bench"
+
+[apps.demo]
+mount = "/socket"
+[apps.demo.routes]
+"ping" = "{ping}"
+"ping:*" = "{ping}"
+"room:*" = "{room}"
+"#,
+        ping = plugin("ping").display(),
+        room = plugin("room_chat").display(),
+    )
+}
+
+fn rss_kb(status: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(status).ok()?;
+    let line = text.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime of a `/proc/.../stat` file, in clock ticks.
+fn cpu_ticks(stat: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    // The command name (field 2) may contain spaces; fields after it are plain.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The name of a thread, from its `stat` file.
+fn thread_name(stat: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    Some(text[text.find('(')? + 1..text.rfind(')')?].to_owned())
+}
+
+/// Linux reports CPU times in USER_HZ ticks, which is 100 on every
+/// mainstream architecture.
+fn ticks(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU ticks of this process's generator threads: the main thread (which
+/// only waits) and every thread named `bench…` (the `bench-client` runtime,
+/// the `bench-pacer`). The rest of the process is the in-process server.
+fn generator_ticks() -> Option<u64> {
+    let pid = std::process::id().to_string();
+    let mut generator = 0;
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let stat = entry.path().join("stat");
+        let is_main = entry.file_name().to_str() == Some(pid.as_str());
+        if is_main || thread_name(&stat).is_some_and(|name| name.starts_with("bench")) {
+            generator += cpu_ticks(&stat).unwrap_or(0);
+        }
+    }
+    Some(generator)
+}
