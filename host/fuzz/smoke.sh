@@ -6,7 +6,7 @@
 #
 # Usage: host/fuzz/smoke.sh   (from anywhere)
 # Env:   FUZZ_SECONDS    time per target       (default 10)
-#        FUZZ_RUNS       input cap per target  (default 200000)
+#        FUZZ_RUNS       input cap per target  (default 2000000)
 #        ROOST_FUZZ_TARGET_DIR  build cache    (default ~/.cache/roost/fuzz-target)
 # Long sessions: see host/fuzz/README.md.
 set -euo pipefail
@@ -14,13 +14,11 @@ cd "$(dirname "$0")"
 
 targets=(decode_v1 decode_v2_json decode_v2_binary decode_longpoll)
 seconds="${FUZZ_SECONDS:-10}"
-runs="${FUZZ_RUNS:-200000}"
+runs="${FUZZ_RUNS:-2000000}"
 
 # cargo-fuzz drives rustc with -Z flags; RUSTC_BOOTSTRAP lets the stable
 # toolchain accept them, so no nightly has to be installed.
 export RUSTC_BOOTSTRAP=1
-# Only roost_host::protocol is fuzzed: skip building the wasm sample plugins.
-export ROOST_SKIP_PLUGIN_BUILD=1
 # A cache of its own: instrumented builds would evict the main target dir's.
 export CARGO_TARGET_DIR="${ROOST_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/roost/fuzz-target}"
 triple="$(rustc -vV | sed -n 's/^host: //p')"

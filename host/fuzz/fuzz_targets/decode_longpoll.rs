@@ -48,7 +48,11 @@ fuzz_target!(|data: &[u8]| {
         (Err(_), None) => return,
     }
     let Ok(messages) = decoded else { return };
-    assert!(messages.len() <= MAX_BATCH_LINES, "batch of {}", messages.len());
+    assert!(
+        messages.len() <= MAX_BATCH_LINES,
+        "batch of {}",
+        messages.len()
+    );
     for message in &messages {
         roost_fuzz::check_message(serializer, message);
     }

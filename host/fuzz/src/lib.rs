@@ -2,14 +2,14 @@
 //! under test: `host/src/protocol`, compiled in as [`protocol`].
 //!
 //! The protocol module is pure (no tokio, no I/O, only `super::` paths), so
-//! it builds here from source without the rest of roost-host; see
-//! Cargo.toml for why. Each target feeds hostile bytes to one of its
-//! decoders and then calls the checks here on what came out. A check panics with a
-//! message naming the broken invariant, which libFuzzer reports as a crash
-//! and saves as an artifact (see README.md). The oracles are deliberately
-//! written without the decoders' own code paths: a generic
-//! `serde_json::Value` parse for the JSON frames, a hand-written reading of
-//! `shared/phoenix-protocol.md` §2.3 for binary frames.
+//! it builds here from source without the rest of roost-host; Cargo.toml
+//! says why. Each target feeds hostile bytes to one of its decoders and then
+//! calls the checks here on what came out. A check panics with a message
+//! naming the broken invariant, which libFuzzer reports as a crash and saves
+//! as an artifact (see README.md). The oracles are written without the
+//! decoders' own code paths: a generic `serde_json::Value` parse for the
+//! JSON frames, a hand-written reading of `shared/phoenix-protocol.md` §2.3
+//! for binary frames.
 //!
 //! # Layout
 //! - [`check_v1_text`], [`check_v2_text`]: a JSON frame against a `Value` parse.
@@ -379,8 +379,18 @@ fn expected_binary(frame: &[u8]) -> Option<Message> {
 /// A decoded message equals the oracle's; the payload as a value.
 fn assert_same(message: &Message, expected: &Expected, input: &str) {
     assert_eq!(
-        (&message.join_ref, &message.ref_, &message.topic, &message.event),
-        (&expected.join_ref, &expected.ref_, &expected.topic, &expected.event),
+        (
+            &message.join_ref,
+            &message.ref_,
+            &message.topic,
+            &message.event
+        ),
+        (
+            &expected.join_ref,
+            &expected.ref_,
+            &expected.topic,
+            &expected.event
+        ),
         "fields of {input:?}"
     );
     let payload = payload_value(&message.payload)
@@ -389,10 +399,15 @@ fn assert_same(message: &Message, expected: &Expected, input: &str) {
 }
 
 fn fields_of(serializer: Serializer, value: &Value, text: &str) -> Fields {
-    let get = |v: Option<&Value>| v.cloned().unwrap_or_else(|| panic!("field missing in {text:?}"));
+    let get = |v: Option<&Value>| {
+        v.cloned()
+            .unwrap_or_else(|| panic!("field missing in {text:?}"))
+    };
     match serializer {
         Serializer::V2 => {
-            let array = value.as_array().unwrap_or_else(|| panic!("not an array: {text:?}"));
+            let array = value
+                .as_array()
+                .unwrap_or_else(|| panic!("not an array: {text:?}"));
             assert_eq!(array.len(), 5, "V2 frame length: {text:?}");
             Fields {
                 join_ref: get(array.first()),
@@ -403,8 +418,13 @@ fn fields_of(serializer: Serializer, value: &Value, text: &str) -> Fields {
             }
         }
         Serializer::V1 => {
-            let object = value.as_object().unwrap_or_else(|| panic!("not an object: {text:?}"));
-            assert!(!object.contains_key("join_ref"), "V1 sent join_ref: {text:?}");
+            let object = value
+                .as_object()
+                .unwrap_or_else(|| panic!("not an object: {text:?}"));
+            assert!(
+                !object.contains_key("join_ref"),
+                "V1 sent join_ref: {text:?}"
+            );
             assert_eq!(object.len(), 4, "V1 frame keys: {text:?}");
             Fields {
                 join_ref: Value::Null,

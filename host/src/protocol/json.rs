@@ -49,9 +49,20 @@ pub(super) fn decode_v2(text: &str) -> Result<Message, DecodeError> {
         }
     }
 
-    serde_json::from_str::<Frame>(text)
+    let message = serde_json::from_str::<Frame>(text)
         .map(|frame| frame.0)
-        .map_err(|e| DecodeError::Json(e.to_string()))
+        .map_err(|e| DecodeError::Json(e.to_string()))?;
+    checked(message)
+}
+
+/// Refuses a payload with a lone surrogate escape (see `surrogates_paired`).
+fn checked(message: Message) -> Result<Message, DecodeError> {
+    match &message.payload {
+        Payload::Json(raw) if !super::surrogates_paired(raw.get()) => {
+            Err(DecodeError::Json("a \\u escape is a lone surrogate".into()))
+        }
+        _ => Ok(message),
+    }
 }
 
 /// `{"topic", "event", "payload", "ref", "join_ref"?}`: the first four keys
@@ -69,11 +80,18 @@ pub(super) fn decode_v1(text: &str) -> Result<Message, DecodeError> {
         join_ref: Option<String>,
     }
 
+    // serde would also read the struct from an array of its fields.
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(DecodeError::Shape("a JSON object"));
+    }
     let object: Object =
         serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
     let ref_ = serde_json::from_str::<Option<String>>(object.ref_.get())
         .map_err(|_| DecodeError::Shape("`ref` to be a string or null"))?;
-    Ok(Message {
+    checked(Message {
         join_ref: object.join_ref,
         ref_,
         topic: object.topic,
@@ -362,5 +380,37 @@ mod tests {
             text(Serializer::V1, &broadcast),
             r#"{"event":"e","payload":{},"ref":null,"topic":"t"}"#
         );
+    }
+
+    #[test]
+    fn v1_refuses_arrays() {
+        for bad in [
+            r#"["room:lobby","phx_join",{},"1"]"#,
+            r#"["t","e",{},null,"1"]"#,
+            r#" [ "t" , "e" , {} , null ] "#,
+        ] {
+            assert!(
+                decode(Serializer::V1, RawFrame::Text(bad)).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn payloads_with_lone_surrogates_are_refused() {
+        for bad in [
+            r#"[null,"1","t","e",{"a":"\ud800"}]"#,
+            r#"[null,"1","t","e",["\udc00"]]"#,
+            r#"[null,"1","t","e","\ud83dx"]"#,
+        ] {
+            assert!(
+                decode(Serializer::V2, RawFrame::Text(bad)).is_err(),
+                "{bad}"
+            );
+        }
+        let v1 = r#"{"topic":"t","event":"e","payload":{"a":"\ud800"},"ref":null}"#;
+        assert!(decode(Serializer::V1, RawFrame::Text(v1)).is_err());
+        let pair = r#"[null,"1","t","e",{"a":"\ud83d\ude00","b":"\\ud800"}]"#;
+        assert!(decode(Serializer::V2, RawFrame::Text(pair)).is_ok());
     }
 }

@@ -58,7 +58,11 @@ impl Payload {
 
     /// A JSON payload from untrusted text, validated.
     pub fn from_json_text(text: String) -> Result<Self, serde_json::Error> {
-        RawValue::from_string(text).map(Self::Json)
+        let raw = RawValue::from_string(text)?;
+        if !surrogates_paired(raw.get()) {
+            return Err(serde::de::Error::custom("a \\u escape is a lone surrogate"));
+        }
+        Ok(Self::Json(raw))
     }
 
     /// A JSON payload serialized from any value.
@@ -80,6 +84,44 @@ impl Payload {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Whether every `\u` escape in valid JSON text is a well-formed UTF-16
+/// unit. serde_json's `RawValue` lets a lone surrogate (`"\ud800"`) through,
+/// which no parser downstream (Phoenix's Jason, a guest's serde_json) takes.
+/// In valid JSON a backslash only occurs inside strings, so no string
+/// tracking is needed.
+pub fn surrogates_paired(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let unit = |at: usize| {
+        let hex = std::str::from_utf8(bytes.get(at..at + 4)?).ok()?;
+        u16::from_str_radix(hex, 16).ok()
+    };
+    let mut i = 0;
+    while let Some(offset) = bytes
+        .get(i..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\\'))
+    {
+        i += offset;
+        if bytes.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        match unit(i + 2) {
+            Some(0xD800..=0xDBFF) => {
+                let low = (bytes.get(i + 6..i + 8) == Some(&b"\\u"[..]))
+                    .then(|| unit(i + 8))
+                    .flatten();
+                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                    return false;
+                }
+                i += 12;
+            }
+            Some(0xDC00..=0xDFFF) | None => return false,
+            Some(_) => i += 6,
+        }
+    }
+    true
 }
 
 /// A message from a client (`%Phoenix.Socket.Message{}`).
