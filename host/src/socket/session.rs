@@ -93,6 +93,10 @@ impl Session {
     }
 
     /// Handles one decoded message from the client.
+    ///
+    /// The returned future holds a whole plugin call's state (kilobytes);
+    /// callers that live as long as a connection box it, so an idle socket
+    /// does not carry that space.
     pub async fn handle(&mut self, message: Message) {
         if message.topic == event::PHOENIX && message.event == event::HEARTBEAT {
             let reply = reply(
@@ -166,7 +170,11 @@ impl Session {
             for item in items.drain(..) {
                 match item {
                     Item::Frame(frame) => frames.push(frame),
-                    Item::Intercept(intercepted) => self.handle_intercept(&intercepted).await,
+                    // Boxed, like `handle`: a plugin call's state lives on
+                    // the heap only while it runs.
+                    Item::Intercept(intercepted) => {
+                        Box::pin(self.handle_intercept(&intercepted)).await;
+                    }
                     Item::Reroute => self.reroute(),
                     Item::Close(close) => return Err(close),
                 }

@@ -320,7 +320,7 @@ async fn run(
             () = shutdown.cancelled() => break,
             command = commands.recv() => match command {
                 Some(Command::Dispatch(message, ack)) => {
-                    session.handle(message).await;
+                    Box::pin(session.handle(message)).await;
                     let _ = ack.send(());
                 }
                 Some(Command::Close) | None => break,
@@ -337,7 +337,7 @@ async fn run(
     shared.closed.store(true, Ordering::Release);
     shared.arrived.notify_waiters();
     sessions.lock().remove(&token);
-    session.close().await;
+    Box::pin(session.close()).await;
 }
 
 /// Moves the outbox into the poll buffer. Fails when the session must end:
