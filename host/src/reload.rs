@@ -27,9 +27,9 @@ use crate::runtime::{Plugin, PluginSlot};
 use crate::server::Server;
 
 /// Quiet time after the last event on a path before it is reloaded: long
-/// enough to merge the steps of one write, short enough to keep the
-/// write-to-serving time well under 100 ms.
-const DEBOUNCE: Duration = Duration::from_millis(20);
+/// enough to merge the steps of one write, short enough to leave most of the
+/// 100 ms write-to-serving budget to compiling.
+const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// Starts watching `config` (if the server was started from a file) and
 /// every plugin file of every app, on a task that ends with the server.

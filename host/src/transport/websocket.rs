@@ -210,14 +210,18 @@ async fn overflow(outbox: &Outbox) {
     }
 }
 
+/// The close for a failed read, or `None` when the connection is simply gone.
 fn read_error(error: axum::Error) -> Option<Close> {
+    use tungstenite::error::ProtocolError;
     let close = match error.into_inner().downcast::<tungstenite::Error>() {
         Ok(error) => match *error {
             tungstenite::Error::Capacity(_) => Close::FrameTooLarge,
-            tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_) => Close::MalformedFrame,
-            tungstenite::Error::ConnectionClosed
+            // The client went away without a close frame: nothing to say.
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+            | tungstenite::Error::ConnectionClosed
             | tungstenite::Error::AlreadyClosed
             | tungstenite::Error::Io(_) => return None,
+            tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_) => Close::MalformedFrame,
             other => {
                 tracing::warn!("closing: {other}");
                 Close::InternalError

@@ -104,6 +104,11 @@ impl Endpoint {
         }
     }
 
+    /// The server's address (for its HTTP API).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// TCP connect and WebSocket handshake, within `timeout`.
     pub async fn connect(&self, timeout: Duration, read_buffer: usize) -> Result<Ws, Failure> {
         let connecting = async {

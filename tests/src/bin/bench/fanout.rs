@@ -159,8 +159,13 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
     }
     drop(joined_tx);
     let mut join_latency = histogram();
-    let mut joined = 0;
-    while let Ok(Some(result)) = tokio::time::timeout_at(base + setup, joined_rx.recv()).await {
+    let (mut joined, mut reported) = (0, 0);
+    // Each subscriber reports once (and keeps its sender while it reads, so
+    // the channel does not close): stop when all have.
+    while reported < args.subscribers
+        && let Ok(Some(result)) = tokio::time::timeout_at(base + setup, joined_rx.recv()).await
+    {
+        reported += 1;
         match result {
             Ok(took) => {
                 joined += 1;

@@ -6,11 +6,15 @@
 //! cargo run -p roost-tests --bin bench -- fanout --subscribers 1000 --rate 200 --spawn
 //! cargo run -p roost-tests --bin bench -- reqreply --url 'ws://127.0.0.1:4000/socket/websocket?vsn=2.0.0'
 //! cargo run -p roost-tests --bin bench -- smoke
+//! cargo run --release -p roost-tests --bin bench -- guest --calls 1000000
+//! cargo run --release -p roost-tests --bin bench -- reload --spawn --sockets 20 --rate 2000
 //! ```
 //!
-//! Scenarios: `connections`, `fanout`, `reqreply`, `joins` (one file each)
-//! and `smoke` (all of them, tiny, as a test). Each prints a short summary
-//! and then one JSON line (`{"scenario": …, "ok": …, "problems": […], …}`).
+//! Scenarios: `connections`, `fanout`, `reqreply`, `joins`, `guest`,
+//! `reload` (one file each) and `smoke` (all of them, tiny, as a test). Each
+//! prints a short summary and then one JSON line (`{"scenario": …, "ok": …,
+//! "problems": […], …}`). `guest` needs no server (it calls a plugin in this
+//! process); `reload` starts its own, with its own config.
 //!
 //! The server under test is started in this process by default, started as
 //! a child with `--spawn` (so its memory and CPU are its own; needs the
@@ -25,8 +29,10 @@
 mod client;
 mod connections;
 mod fanout;
+mod guest;
 mod joins;
 mod pacer;
+mod reload;
 mod reqreply;
 mod smoke;
 mod stats;
@@ -66,6 +72,12 @@ enum Scenario {
     Reqreply(reqreply::Args),
     /// Join + leave in closed loops over C sockets; joins/s and latency.
     Joins(joins::Args),
+    /// Cost of a warm guest call: the ping plugin through the host's API vs
+    /// the same logic as a native Rust handler, in this process (no server).
+    Guest(guest::Args),
+    /// Hot reload under load: pushes on K channels while the plugin file is
+    /// replaced every few hundred ms; lost, reordered, version switch times.
+    Reload(reload::Args),
     /// Every scenario with tiny numbers; exits 1 unless all pass.
     Smoke,
     /// (internal) A client process holding a share of `connections`.
@@ -135,6 +147,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     let scenario = match cli.scenario {
         Scenario::Worker(args) => return worker::run(&args).await.map(|()| true),
         Scenario::Smoke => return smoke::run(&cli.target).await,
+        Scenario::Guest(args) => {
+            print(&guest::run(&args).await?);
+            return Ok(true);
+        }
+        Scenario::Reload(args) => {
+            print(&reload::run(&cli.target, &args).await?);
+            return Ok(true);
+        }
         scenario => scenario,
     };
     let mut target = Target::start(&cli.target).await?;
@@ -143,7 +163,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Fanout(args) => fanout::run(&mut target, args).await,
         Scenario::Reqreply(args) => reqreply::run(&mut target, args).await,
         Scenario::Joins(args) => joins::run(&mut target, args).await,
-        Scenario::Smoke | Scenario::Worker(_) => unreachable!("handled above"),
+        Scenario::Smoke | Scenario::Worker(_) | Scenario::Guest(_) | Scenario::Reload(_) => {
+            unreachable!("handled above")
+        }
     };
     target.stop().await;
     print(&report?);

@@ -65,9 +65,9 @@ pub struct Args {
 /// The request schedule and the time base of the send times in refs,
 /// shared by senders and readers.
 #[derive(Clone, Copy)]
-struct Clock {
-    base: Instant,
-    schedule: Schedule,
+pub struct Clock {
+    pub base: Instant,
+    pub schedule: Schedule,
 }
 
 pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
@@ -252,16 +252,17 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
 }
 
 /// The requests one socket sends: each n the pacer hands it.
-struct Requests {
-    due: mpsc::UnboundedReceiver<u64>,
-    topic: Arc<String>,
-    event: Arc<String>,
-    payload: Arc<String>,
+pub struct Requests {
+    pub due: mpsc::UnboundedReceiver<u64>,
+    pub topic: Arc<String>,
+    pub event: Arc<String>,
+    pub payload: Arc<String>,
 }
 
 /// Sends one socket's share of the schedule as the pacer hands it over;
-/// returns how many were sent. Ends when the pacer is done.
-async fn send(
+/// returns how many were sent. Ends when the pacer is done. (Also used by
+/// `reload`.)
+pub async fn send(
     mut sink: SplitSink<Ws, Message>,
     mut requests: Requests,
     clock: Clock,

@@ -1,14 +1,17 @@
 //! `smoke`: every scenario once with tiny numbers against one server
 //! (in-process unless --spawn or --url), including `connections` split
-//! across two worker processes. Fails (exit status 1) if any scenario
-//! errors or fails its sanity checks: everything joined, every message
-//! delivered, every request answered, no errors. There are no timing
-//! assertions, so it is safe on a loaded machine; it takes a few seconds.
+//! across two worker processes; `guest` needs no server, and `reload`
+//! starts its own (in-process, or a child with --spawn; skipped with
+//! --url). Fails (exit status 1) if any scenario errors or fails its
+//! sanity checks: everything joined, every message delivered, every
+//! request answered, no errors, the plugin reloaded with nothing lost.
+//! There are no timing assertions, so it is safe on a loaded machine; it
+//! takes about ten seconds.
 
 use std::time::Duration;
 
 use crate::target::{Target, TargetArgs};
-use crate::{Report, connections, fanout, joins, print, reqreply};
+use crate::{Report, connections, fanout, guest, joins, print, reload, reqreply};
 
 /// How long one scenario may take before smoke gives up on it.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(25);
@@ -33,7 +36,13 @@ pub async fn run(target_args: &TargetArgs) -> anyhow::Result<bool> {
         "fanout",
         "reqreply",
         "joins",
+        "guest",
+        "reload",
     ] {
+        if name == "reload" && target_args.url.is_some() {
+            println!("smoke: reload skipped: it starts its own server, and --url was given");
+            continue;
+        }
         let run = async {
             match name {
                 "connections" => connections::run(&mut target, &connections(1000)).await,
@@ -68,6 +77,26 @@ pub async fn run(target_args: &TargetArgs) -> anyhow::Result<bool> {
                         timeout,
                     };
                     joins::run(&mut target, &args).await
+                }
+                "guest" => {
+                    let args = guest::Args {
+                        calls: 20_000,
+                        rounds: 2,
+                        context_bytes: 200,
+                    };
+                    guest::run(&args).await
+                }
+                "reload" => {
+                    let args = reload::Args {
+                        sockets: 4,
+                        rate: 200.0,
+                        duration: 3.0,
+                        swap_every: 1000,
+                        window: 100,
+                        cache: false,
+                        timeout,
+                    };
+                    reload::run(target_args, &args).await
                 }
                 _ => connections::run(&mut target, &connections(10)).await,
             }

@@ -170,6 +170,11 @@ impl Errors {
         self.counts.values().sum()
     }
 
+    /// How many failures of this kind.
+    pub fn count(&self, kind: &str) -> u64 {
+        self.counts.get(kind).copied().unwrap_or(0)
+    }
+
     pub fn merge(&mut self, other: &Errors) {
         for (kind, n) in &other.counts {
             *self.counts.entry(kind.clone()).or_default() += n;

@@ -7,11 +7,18 @@
 //!   generator); server CPU is the process's minus the generator's threads
 //!   (`bench-client`) and the main thread's.
 //! - `--spawn`: the `roost` binary started as a child process with a config
-//!   written to a temporary file; RSS and CPU are the child's alone.
+//!   written to a temporary file; RSS and CPU are the child's alone. Its log
+//!   (which roost writes to stdout) is copied to this process's stderr, at
+//!   `ROOST_LOG=warn` unless ROOST_LOG is set.
+//!
+//! The server runs the demo app with the routes the scenarios use, or, for
+//! a scenario that brings its own config file (`reload`), that file, which
+//! the server then watches as `roost serve` does.
 //!
 //! CPU comes from `/proc/<pid>/stat` (utime + stime, in 10 ms ticks), RSS
 //! from `VmRSS` in `/proc/<pid>/status`.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,7 +26,8 @@ use std::time::Duration;
 use anyhow::Context;
 use roost_host::config::Config;
 use roost_host::server::{self, Running};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
 
@@ -106,7 +114,8 @@ enum Kind {
     Spawned {
         child: Child,
         pid: u32,
-        config: PathBuf,
+        /// The config file bench wrote, to remove.
+        config: Option<PathBuf>,
     },
 }
 
@@ -119,14 +128,37 @@ impl Target {
             });
         }
         if args.spawn {
-            return Self::spawn(args).await;
+            return Self::spawn(args, None).await;
         }
+        let config = Config::parse(&config_text("127.0.0.1:0"), ".".as_ref())?;
+        Self::in_process(args, config).await
+    }
+
+    /// Starts Roost from the config file at `config` instead of the demo
+    /// config: in this process, or as a child with `--spawn`. Either way
+    /// the server watches the file and its plugins, as `roost serve` does.
+    /// It listens on a free loopback port whatever the file says, and the
+    /// endpoint is that of an app mounted at `/socket`. Not for `--url`: a
+    /// scenario that needs its own config needs its own server.
+    pub async fn start_from_file(args: &TargetArgs, config: &Path) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            args.url.is_none(),
+            "this scenario starts its own server with its own config; --url does not apply"
+        );
+        if args.spawn {
+            return Self::spawn(args, Some(config)).await;
+        }
+        let mut config = Config::load(config)?;
+        config.server.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        Self::in_process(args, config).await
+    }
+
+    async fn in_process(args: &TargetArgs, config: Config) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(args.server_threads.max(1))
             .thread_name("roost-server")
             .enable_all()
             .build()?;
-        let config = Config::parse(&config_text("127.0.0.1:0"), ".".as_ref())?;
         let running = runtime.spawn(server::start(config)).await??;
         Ok(Self {
             endpoint: Endpoint::roost(running.addr),
@@ -137,7 +169,9 @@ impl Target {
         })
     }
 
-    async fn spawn(args: &TargetArgs) -> anyhow::Result<Self> {
+    /// Starts the `roost` binary with `config`, or with the demo config
+    /// written to a temporary file (removed by [`Target::stop`]).
+    async fn spawn(args: &TargetArgs, config: Option<&Path>) -> anyhow::Result<Self> {
         let bin = match &args.roost_bin {
             Some(bin) => bin.clone(),
             None => std::env::current_exe()?
@@ -155,14 +189,22 @@ impl Target {
             .local_addr()?
             .port();
         let listen = format!("127.0.0.1:{port}");
-        let config = std::env::temp_dir().join(format!("roost-bench-{}.toml", std::process::id()));
-        std::fs::write(&config, config_text(&listen))?;
+        let (config, written) = match config {
+            Some(config) => (config.to_owned(), None),
+            None => {
+                let path =
+                    std::env::temp_dir().join(format!("roost-bench-{}.toml", std::process::id()));
+                std::fs::write(&path, config_text(&listen))?;
+                (path.clone(), Some(path))
+            }
+        };
         let mut command = Command::new(&bin);
         command
             .args(["serve", "--listen", &listen, "--config"])
             .arg(&config)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // roost logs to stdout; this process's stdout is for reports.
+            .stdout(Stdio::piped())
             .kill_on_drop(true);
         if std::env::var_os("ROOST_LOG").is_none() {
             command.env("ROOST_LOG", "warn");
@@ -171,6 +213,9 @@ impl Target {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id().context("the child has no pid")?;
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(forward_log(stdout));
+        }
         let addr = listen.parse()?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -188,7 +233,11 @@ impl Target {
         }
         Ok(Self {
             endpoint: Endpoint::roost(addr),
-            kind: Kind::Spawned { child, pid, config },
+            kind: Kind::Spawned {
+                child,
+                pid,
+                config: written,
+            },
         })
     }
 
@@ -272,7 +321,9 @@ impl Target {
             Kind::Spawned { child, config, .. } => {
                 let _ = child.start_kill();
                 let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-                let _ = std::fs::remove_file(config);
+                if let Some(config) = config {
+                    let _ = std::fs::remove_file(config);
+                }
             }
         }
     }
@@ -300,6 +351,15 @@ mount = "/socket"
         ping = plugin("ping").display(),
         room = plugin("room_chat").display(),
     )
+}
+
+/// Copies a spawned server's log lines to this process's stderr, until the
+/// server closes its stdout.
+async fn forward_log(stdout: ChildStdout) {
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        eprintln!("{line}");
+    }
 }
 
 fn rss_kb(status: &Path) -> Option<u64> {
