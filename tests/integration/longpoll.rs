@@ -340,3 +340,42 @@ async fn a_session_without_polls_expires_and_its_channels_terminate() {
     ws.expect(r#"[null,null,"room:exp","ping",{}]"#).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sessions_wait_and_all_get_a_broadcast() {
+    let server = TestServer::demo_with("longpoll_window_ms = 5000").await;
+    let sessions = 1000;
+    let mut pollers = Vec::with_capacity(sessions);
+    for _ in 0..sessions {
+        let mut p = Poller::new(&server, "vsn=2.0.0");
+        p.open().await;
+        p.post(&[r#"["1","1","room:many","phx_join",{}]"#]).await;
+        pollers.push(p);
+    }
+    // Drain each join's reply and presence state.
+    for p in &mut pollers {
+        p.messages(2).await;
+    }
+    assert_eq!(server.server().longpoll().len(), sessions);
+    // Every session now parks a GET; one broadcast wakes them all.
+    let waiting: Vec<_> = pollers
+        .into_iter()
+        .map(|mut p| tokio::spawn(async move { p.messages(1).await }))
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let app = server.app("/socket");
+    let reached = app.broadcast(
+        "room:many",
+        "news",
+        &roost_host::protocol::Payload::json_raw(r#"{"n":1}"#),
+        None,
+    );
+    assert_eq!(reached, sessions);
+    for poll in waiting {
+        assert_eq!(
+            poll.await.expect("poll"),
+            [r#"[null,null,"room:many","news",{"n":1}]"#]
+        );
+    }
+    server.stop().await;
+}
