@@ -65,12 +65,10 @@ impl Payload {
         Ok(Self::Json(raw))
     }
 
-    /// A JSON payload serialized from any value.
-    pub fn from_value(value: &impl serde::Serialize) -> Self {
-        Self::Json(serde_json::value::to_raw_value(value).unwrap_or_else(|_| {
-            // Serializing plain data (maps, strings, numbers) cannot fail.
-            RawValue::from_string("null".to_owned()).unwrap_or_default()
-        }))
+    /// A JSON payload from a parsed value.
+    pub fn from_value(value: &serde_json::Value) -> Self {
+        #[allow(clippy::expect_used)] // a `Value` always serializes
+        Self::Json(serde_json::value::to_raw_value(value).expect("a Value serializes"))
     }
 
     /// Bytes on the wire, for limits and accounting.
