@@ -104,6 +104,16 @@ impl Endpoint {
         }
     }
 
+    /// This endpoint with `name=value` added to the URL's query; `value`
+    /// must be URL-safe as it is (a JWT is).
+    pub fn with_param(&self, name: &str, value: &str) -> Self {
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        Self {
+            url: format!("{}{separator}{name}={value}", self.url),
+            addr: self.addr,
+        }
+    }
+
     /// The server's address (for its HTTP API).
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -310,6 +320,26 @@ pub async fn connect_and_join(
 /// Sends a close frame and drops the socket, without waiting long.
 pub async fn close(mut ws: Ws) {
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+}
+
+/// Closes as a browser does: sends a close frame, then reads until the
+/// server ends the connection, for at most 1 s. The server, closing TCP
+/// first, keeps the TIME_WAIT state, so this side's port is free at once:
+/// a generator opening thousands of connections a second then does not
+/// spend its time in `connect` looking for a free port.
+pub async fn close_and_wait(mut ws: Ws) -> Result<(), Failure> {
+    let closing = async {
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    };
+    tokio::time::timeout(Duration::from_secs(1), closing)
+        .await
+        .map_err(|_| {
+            Failure::new(
+                "close",
+                "the server did not end the connection within 1 s of the close frame",
+            )
+        })
 }
 
 /// Sockets opened by [`open_joined`], with connect and join latencies.

@@ -6,6 +6,7 @@
 //! cargo run -p roost-tests --bin bench -- fanout --subscribers 1000 --rate 200 --spawn
 //! cargo run -p roost-tests --bin bench -- reqreply --url 'ws://127.0.0.1:4000/socket/websocket?vsn=2.0.0'
 //! cargo run -p roost-tests --bin bench -- smoke
+//! cargo run --release -p roost-tests --bin bench -- joins --token --n 20000 --spawn
 //! cargo run --release -p roost-tests --bin bench -- guest --calls 1000000
 //! cargo run --release -p roost-tests --bin bench -- reload --spawn --sockets 20 --rate 2000
 //! ```
@@ -44,7 +45,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use crate::target::{Target, TargetArgs};
+use crate::target::{Access, Target, TargetArgs};
 
 #[derive(Parser, Debug)]
 #[command(about = "Load generator for Phoenix Channels servers (V2 JSON over WebSocket)")]
@@ -71,6 +72,7 @@ enum Scenario {
     /// Push → reply at a fixed total rate over K sockets; latency percentiles.
     Reqreply(reqreply::Args),
     /// Join + leave in closed loops over C sockets; joins/s and latency.
+    /// With --token, each join on a fresh connection with its own token.
     Joins(joins::Args),
     /// Cost of a warm guest call: the ping plugin through the host's API vs
     /// the same logic as a native Rust handler, in this process (no server).
@@ -157,7 +159,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         scenario => scenario,
     };
-    let mut target = Target::start(&cli.target).await?;
+    let access = match &scenario {
+        Scenario::Joins(args) => args.access(&cli.target)?,
+        _ => Access::Anonymous,
+    };
+    let mut target = Target::start(&cli.target, access).await?;
     let report = match &scenario {
         Scenario::Connections(args) => connections::run(&mut target, args).await,
         Scenario::Fanout(args) => fanout::run(&mut target, args).await,

@@ -2,7 +2,8 @@
 //! (in-process unless --spawn or --url), including `connections` split
 //! across two worker processes; `guest` needs no server, and `reload`
 //! starts its own (in-process, or a child with --spawn; skipped with
-//! --url). Fails (exit status 1) if any scenario errors or fails its
+//! --url), as does `joins --token` (a server that requires tokens; skipped
+//! with --url). Fails (exit status 1) if any scenario errors or fails its
 //! sanity checks: everything joined, every message delivered, every
 //! request answered, no errors, the plugin reloaded with nothing lost.
 //! There are no timing assertions, so it is safe on a loaded machine; it
@@ -10,7 +11,7 @@
 
 use std::time::Duration;
 
-use crate::target::{Target, TargetArgs};
+use crate::target::{Access, Target, TargetArgs};
 use crate::{Report, connections, fanout, guest, joins, print, reload, reqreply};
 
 /// How long one scenario may take before smoke gives up on it.
@@ -18,7 +19,7 @@ const SCENARIO_LIMIT: Duration = Duration::from_secs(25);
 
 /// Runs the scenarios; returns whether all passed.
 pub async fn run(target_args: &TargetArgs) -> anyhow::Result<bool> {
-    let mut target = Target::start(target_args).await?;
+    let mut target = Target::start(target_args, Access::Anonymous).await?;
     let timeout = 5.0;
     let connections = |per_process| connections::Args {
         n: 20,
@@ -36,11 +37,12 @@ pub async fn run(target_args: &TargetArgs) -> anyhow::Result<bool> {
         "fanout",
         "reqreply",
         "joins",
+        "joins --token",
         "guest",
         "reload",
     ] {
-        if name == "reload" && target_args.url.is_some() {
-            println!("smoke: reload skipped: it starts its own server, and --url was given");
+        if matches!(name, "reload" | "joins --token") && target_args.url.is_some() {
+            println!("smoke: {name} skipped: it starts its own server, and --url was given");
             continue;
         }
         let run = async {
@@ -75,8 +77,24 @@ pub async fn run(target_args: &TargetArgs) -> anyhow::Result<bool> {
                         concurrency: 4,
                         topic: "ping".to_owned(),
                         timeout,
+                        token: false,
+                        token_secret: None,
                     };
                     joins::run(&mut target, &args).await
+                }
+                "joins --token" => {
+                    let args = joins::Args {
+                        n: 100,
+                        concurrency: 4,
+                        topic: "ping".to_owned(),
+                        timeout,
+                        token: true,
+                        token_secret: None,
+                    };
+                    let mut tokens = Target::start(target_args, Access::Tokens).await?;
+                    let report = joins::run(&mut tokens, &args).await;
+                    tokens.stop().await;
+                    report
                 }
                 "guest" => {
                     let args = guest::Args {

@@ -13,7 +13,9 @@
 //!
 //! The server runs the demo app with the routes the scenarios use, or, for
 //! a scenario that brings its own config file (`reload`), that file, which
-//! the server then watches as `roost serve` does.
+//! the server then watches as `roost serve` does. With [`Access::Tokens`]
+//! the demo app refuses sockets without a token signed with
+//! [`BENCH_SECRET`] (`anonymous = false`): every connect verifies one.
 //!
 //! CPU comes from `/proc/<pid>/stat` (utime + stime, in 10 ms ticks), RSS
 //! from `VmRSS` in `/proc/<pid>/status`.
@@ -21,10 +23,11 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use roost_host::config::Config;
+use roost_host::config::{Config, Secret};
 use roost_host::server::{self, Running};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
@@ -78,6 +81,38 @@ pub struct TargetArgs {
     pub server_threads: usize,
 }
 
+/// Who may connect to the demo app bench's own server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (the demo app as the sample config has it).
+    Anonymous,
+    /// Only sockets with a token signed with [`BENCH_SECRET`].
+    Tokens,
+}
+
+/// The HS256 secret of the demo app under [`Access::Tokens`]: a made-up
+/// development secret, known to anyone who reads this file.
+pub const BENCH_SECRET: &str = "roost-bench-hs256-secret-for-tests-only-0123456789";
+
+/// The environment variable through which a spawned server gets
+/// [`BENCH_SECRET`] (an inline `value:` secret would log a warning).
+const SECRET_ENV: &str = "ROOST_BENCH_TOKEN_SECRET";
+
+/// Resolves a secret source as an app's `secrets` entry would: `env:NAME`,
+/// `file:PATH` (relative to the working directory) or `value:TEXT`.
+pub fn secret(source: &str) -> anyhow::Result<Secret> {
+    let text = format!(
+        "[apps.a]\nmount = \"/s\"\nroutes = {{ x = \"x.wasm\" }}\nsecrets = [{}]\n",
+        serde_json::Value::from(source)
+    );
+    let mut config = Config::parse(&text, ".".as_ref()).context("the token secret")?;
+    config
+        .apps
+        .remove("a")
+        .and_then(|mut app| app.secrets.pop())
+        .context("the token secret did not resolve")
+}
+
 /// One reading of the server's resource use.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
@@ -120,7 +155,9 @@ enum Kind {
 }
 
 impl Target {
-    pub async fn start(args: &TargetArgs) -> anyhow::Result<Self> {
+    /// Starts the demo app with `access` (or finds the `--url` server, whose
+    /// access is its own).
+    pub async fn start(args: &TargetArgs, access: Access) -> anyhow::Result<Self> {
         if let Some(url) = &args.url {
             return Ok(Self {
                 endpoint: Endpoint::parse(url)?,
@@ -128,9 +165,10 @@ impl Target {
             });
         }
         if args.spawn {
-            return Self::spawn(args, None).await;
+            return Self::spawn(args, Demo::Config(access)).await;
         }
-        let config = Config::parse(&config_text("127.0.0.1:0"), ".".as_ref())?;
+        let secret = format!("value:{BENCH_SECRET}");
+        let config = Config::parse(&config_text("127.0.0.1:0", access, &secret), ".".as_ref())?;
         Self::in_process(args, config).await
     }
 
@@ -146,7 +184,7 @@ impl Target {
             "this scenario starts its own server with its own config; --url does not apply"
         );
         if args.spawn {
-            return Self::spawn(args, Some(config)).await;
+            return Self::spawn(args, Demo::File(config)).await;
         }
         let mut config = Config::load(config)?;
         config.server.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
@@ -169,9 +207,9 @@ impl Target {
         })
     }
 
-    /// Starts the `roost` binary with `config`, or with the demo config
+    /// Starts the `roost` binary with a config file, or with the demo config
     /// written to a temporary file (removed by [`Target::stop`]).
-    async fn spawn(args: &TargetArgs, config: Option<&Path>) -> anyhow::Result<Self> {
+    async fn spawn(args: &TargetArgs, config: Demo<'_>) -> anyhow::Result<Self> {
         let bin = match &args.roost_bin {
             Some(bin) => bin.clone(),
             None => std::env::current_exe()?
@@ -189,16 +227,25 @@ impl Target {
             .local_addr()?
             .port();
         let listen = format!("127.0.0.1:{port}");
+        let mut command = Command::new(&bin);
         let (config, written) = match config {
-            Some(config) => (config.to_owned(), None),
-            None => {
-                let path =
-                    std::env::temp_dir().join(format!("roost-bench-{}.toml", std::process::id()));
-                std::fs::write(&path, config_text(&listen))?;
+            Demo::File(config) => (config.to_owned(), None),
+            Demo::Config(access) => {
+                // Unique per server: smoke runs two at once.
+                static SERVERS: AtomicU64 = AtomicU64::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "roost-bench-{}-{}.toml",
+                    std::process::id(),
+                    SERVERS.fetch_add(1, Ordering::Relaxed)
+                ));
+                let secret = format!("env:{SECRET_ENV}");
+                std::fs::write(&path, config_text(&listen, access, &secret))?;
+                if access == Access::Tokens {
+                    command.env(SECRET_ENV, BENCH_SECRET);
+                }
                 (path.clone(), Some(path))
             }
         };
-        let mut command = Command::new(&bin);
         command
             .args(["serve", "--listen", &listen, "--config"])
             .arg(&config)
@@ -321,7 +368,7 @@ impl Target {
             Kind::Spawned { child, config, .. } => {
                 let _ = child.start_kill();
                 let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-                if let Some(config) = config {
+                if let Some(config) = config.take() {
                     let _ = std::fs::remove_file(config);
                 }
             }
@@ -329,11 +376,49 @@ impl Target {
     }
 }
 
-/// The demo app on `/socket` with the routes the scenarios use.
-fn config_text(listen: &str) -> String {
+/// A target dropped without [`Target::stop`] (a scenario that timed out):
+/// an in-process server's runtime is shut down without blocking (dropping
+/// it in async code would panic), a child is killed (`kill_on_drop`), and
+/// its config file removed.
+impl Drop for Target {
+    fn drop(&mut self) {
+        match &mut self.kind {
+            Kind::External => {}
+            Kind::InProcess { runtime, .. } => {
+                if let Some(runtime) = runtime.take() {
+                    runtime.shutdown_background();
+                }
+            }
+            Kind::Spawned { config, .. } => {
+                if let Some(config) = config.take() {
+                    let _ = std::fs::remove_file(config);
+                }
+            }
+        }
+    }
+}
+
+/// The config a spawned server runs.
+enum Demo<'a> {
+    /// The demo config, written by bench.
+    Config(Access),
+    /// A scenario's own config file.
+    File(&'a Path),
+}
+
+/// The demo app on `/socket` with the routes the scenarios use; under
+/// [`Access::Tokens`] it has `secret` (a source) and `anonymous = false`.
+fn config_text(listen: &str, access: Access, secret: &str) -> String {
     let plugin = |name: &str| {
         let path = roost_tests::plugin(name);
         std::fs::canonicalize(&path).unwrap_or(path)
+    };
+    let access = match access {
+        Access::Anonymous => String::new(),
+        Access::Tokens => format!(
+            "secrets = [{}]\nanonymous = false\n",
+            serde_json::Value::from(secret)
+        ),
     };
     format!(
         r#"
@@ -343,7 +428,7 @@ node = "roost@bench"
 
 [apps.demo]
 mount = "/socket"
-[apps.demo.routes]
+{access}[apps.demo.routes]
 "ping" = "{ping}"
 "ping:*" = "{ping}"
 "room:*" = "{room}"
