@@ -39,6 +39,38 @@ async fn join_room(
     .await;
 }
 
+/// ada, then bob, join `topic`; each sees the frames of its join, and ada
+/// sees bob's join diff. Their metas are `ref1` and `ref2`.
+async fn ada_and_bob(server: &TestServer, topic: &str) -> (Client, Client, Refs) {
+    let mut refs = Refs::default();
+    let mut ada = server.connect_v2().await;
+    let mut bob = server.connect_v2().await;
+    join_room(
+        &mut ada,
+        &mut refs,
+        "1",
+        topic,
+        "ada",
+        r#"{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}"#,
+        r#"{"joins":{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}"#,
+    )
+    .await;
+    let bob_joined =
+        r#"{"joins":{"bob":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}},"leaves":{}}"#;
+    join_room(
+        &mut bob,
+        &mut refs,
+        "1",
+        topic,
+        "bob",
+        r#"{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]},"bob":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}}"#,
+        bob_joined,
+    )
+    .await;
+    ada.expect_masked(&mut refs, &diff(topic, bob_joined)).await;
+    (ada, bob, refs)
+}
+
 /// A `presence_diff` broadcast frame.
 fn diff(topic: &str, payload: &str) -> String {
     format!(r#"[null,null,"{topic}","presence_diff",{payload}]"#)
@@ -83,33 +115,7 @@ async fn joining_the_room_tracks_the_user_and_pushes_the_state() {
 #[tokio::test]
 async fn leaving_broadcasts_the_leave_to_the_others() {
     let server = TestServer::demo().await;
-    let mut refs = Refs::default();
-    let mut ada = server.connect_v2().await;
-    let mut bob = server.connect_v2().await;
-    join_room(
-        &mut ada,
-        &mut refs,
-        "1",
-        "room:l",
-        "ada",
-        r#"{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}"#,
-        r#"{"joins":{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}"#,
-    )
-    .await;
-    let bob_joined =
-        r#"{"joins":{"bob":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}},"leaves":{}}"#;
-    join_room(
-        &mut bob,
-        &mut refs,
-        "1",
-        "room:l",
-        "bob",
-        r#"{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]},"bob":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}}"#,
-        bob_joined,
-    )
-    .await;
-    ada.expect_masked(&mut refs, &diff("room:l", bob_joined))
-        .await;
+    let (mut ada, mut bob, mut refs) = ada_and_bob(&server, "room:l").await;
 
     bob.call(
         r#"["1","2","room:l","phx_leave",{}]"#,
@@ -134,33 +140,7 @@ async fn leaving_broadcasts_the_leave_to_the_others() {
 #[tokio::test]
 async fn a_closed_socket_leaves_the_room() {
     let server = TestServer::demo().await;
-    let mut refs = Refs::default();
-    let mut ada = server.connect_v2().await;
-    let mut bob = server.connect_v2().await;
-    join_room(
-        &mut ada,
-        &mut refs,
-        "1",
-        "room:c",
-        "ada",
-        r#"{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}"#,
-        r#"{"joins":{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}"#,
-    )
-    .await;
-    let bob_joined =
-        r#"{"joins":{"bob":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}},"leaves":{}}"#;
-    join_room(
-        &mut bob,
-        &mut refs,
-        "1",
-        "room:c",
-        "bob",
-        r#"{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]},"bob":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}}"#,
-        bob_joined,
-    )
-    .await;
-    ada.expect_masked(&mut refs, &diff("room:c", bob_joined))
-        .await;
+    let (mut ada, bob, mut refs) = ada_and_bob(&server, "room:c").await;
 
     // The connection drops without a leave.
     drop(bob);
@@ -234,33 +214,7 @@ async fn one_user_on_two_sockets_is_one_key_with_two_metas() {
 #[tokio::test]
 async fn a_duplicate_join_replaces_the_old_channels_presence() {
     let server = TestServer::demo().await;
-    let mut refs = Refs::default();
-    let mut ada = server.connect_v2().await;
-    let mut bob = server.connect_v2().await;
-    join_room(
-        &mut ada,
-        &mut refs,
-        "1",
-        "room:d",
-        "ada",
-        r#"{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}"#,
-        r#"{"joins":{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}"#,
-    )
-    .await;
-    let bob_joined =
-        r#"{"joins":{"bob":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}},"leaves":{}}"#;
-    join_room(
-        &mut bob,
-        &mut refs,
-        "1",
-        "room:d",
-        "bob",
-        r#"{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]},"bob":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}}"#,
-        bob_joined,
-    )
-    .await;
-    ada.expect_masked(&mut refs, &diff("room:d", bob_joined))
-        .await;
+    let (mut ada, mut bob, mut refs) = ada_and_bob(&server, "room:d").await;
 
     // The same socket joins again: the old channel's meta leaves before
     // the new join tracks, so the new state has the new meta only.
