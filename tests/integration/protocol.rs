@@ -424,3 +424,22 @@ async fn shutdown_closes_sockets_with_going_away() {
     assert_eq!(u16::from(close.code), 1001);
     stopping.await.expect("shutdown completes");
 }
+
+#[tokio::test]
+async fn idle_means_nothing_inbound_even_while_broadcasts_flow_out() {
+    let server = TestServer::demo_with("idle_timeout_ms = 300").await;
+    let mut c = joined(&server, "room:idle").await;
+    let app = server.app("/socket");
+    let payload = roost_host::protocol::Payload::empty();
+    let started = std::time::Instant::now();
+    let close = loop {
+        app.broadcast("room:idle", "tick", &payload, None);
+        match tokio::time::timeout(std::time::Duration::from_millis(100), c.next_message()).await {
+            Ok(Some(Message::Close(frame))) => break frame,
+            Ok(None) => panic!("closed without a close frame"),
+            _ => assert!(started.elapsed() < roost_tests::WAIT, "never timed out"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(4000));
+    server.stop().await;
+}

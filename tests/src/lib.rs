@@ -171,6 +171,12 @@ impl Client {
             .expect("send");
     }
 
+    /// The next message of any kind, close frames included; `None` when the
+    /// connection is gone.
+    pub async fn next_message(&mut self) -> Option<Message> {
+        self.ws.next().await.and_then(Result::ok)
+    }
+
     /// The next data frame; panics on close or timeout.
     pub async fn recv(&mut self) -> Message {
         loop {

@@ -126,8 +126,15 @@ async fn run(mut socket: WebSocket, mut session: Session, shutdown: Cancellation
     let outbox = session.outbox().clone();
     let idle = session.app().state().config.limits.idle_timeout();
     let mut frames = Vec::new();
+    // Made once and re-armed rather than remade per loop: a delivery to this
+    // socket then costs no timer or cancellation bookkeeping. The idle timer
+    // counts from the last inbound frame only, as Phoenix's timeout does.
+    let idle_timer = tokio::time::sleep(idle);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(idle_timer, cancelled);
     let close = loop {
         let written = tokio::select! {
+            biased;
             written = write_queued(&mut socket, &mut session, &mut frames) => written,
             () = overflow(&outbox) => Err(Some(Close::SlowConsumer)),
         };
@@ -136,28 +143,31 @@ async fn run(mut socket: WebSocket, mut session: Session, shutdown: Cancellation
         }
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => break Some(Close::GoingAway),
+            () = &mut cancelled => break Some(Close::GoingAway),
             () = outbox.ready() => {}
-            incoming = tokio::time::timeout(idle, socket.recv()) => match incoming {
-                Err(_) => break Some(Close::IdleTimeout),
-                Ok(None) | Ok(Some(Ok(WsMessage::Close(_)))) => break None,
-                Ok(Some(Err(error))) => break read_error(error),
-                Ok(Some(Ok(message))) => {
-                    let frame = match &message {
-                        WsMessage::Text(text) => RawFrame::Text(text.as_str()),
-                        WsMessage::Binary(bytes) => RawFrame::Binary(bytes),
-                        // Pings are answered by the WebSocket layer itself.
-                        _ => continue,
-                    };
-                    match protocol::decode(session.serializer(), frame) {
-                        Ok(message) => Box::pin(session.handle(message)).await,
-                        Err(error) => {
-                            tracing::warn!("closing: malformed frame: {error}");
-                            break Some(Close::MalformedFrame);
+            () = &mut idle_timer => break Some(Close::IdleTimeout),
+            incoming = socket.recv() => {
+                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                match incoming {
+                    None | Some(Ok(WsMessage::Close(_))) => break None,
+                    Some(Err(error)) => break read_error(error),
+                    Some(Ok(message)) => {
+                        let frame = match &message {
+                            WsMessage::Text(text) => RawFrame::Text(text.as_str()),
+                            WsMessage::Binary(bytes) => RawFrame::Binary(bytes),
+                            // Pings are answered by the WebSocket layer itself.
+                            _ => continue,
+                        };
+                        match protocol::decode(session.serializer(), frame) {
+                            Ok(message) => Box::pin(session.handle(message)).await,
+                            Err(error) => {
+                                tracing::warn!("closing: malformed frame: {error}");
+                                break Some(Close::MalformedFrame);
+                            }
                         }
                     }
                 }
-            },
+            }
         }
     };
     if let Some(close) = close {
