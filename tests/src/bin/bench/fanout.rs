@@ -265,9 +265,7 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
     let errors = errors.get();
     let cpu = after.cpu_since(&before);
     let server_deliveries = received + copies;
-    let cpu_per_delivery = cpu
-        .filter(|_| server_deliveries > 0)
-        .map(|cpu| cpu.as_secs_f64() * 1e6 / server_deliveries as f64);
+    let cpu_per_delivery = after.cpu_us_per(&before, server_deliveries);
 
     let mut problems = Vec::new();
     if sent != count {
@@ -323,12 +321,7 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
             cpu.as_secs_f64() * 1e3
         ));
     }
-    if let Some(generator) = after.generator_cpu_since(&before) {
-        summary.push(format!(
-            "  generator CPU (this process): {:.0} ms",
-            generator.as_secs_f64() * 1e3
-        ));
-    }
+    summary.extend(after.generator_cpu_line(&before, ""));
 
     let json = json!({
         "scenario": "fanout",

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use roost_host::config::Secret;
-use serde_json::{Map, json};
+use serde_json::{Map, Value, json};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -29,7 +29,7 @@ use crate::Report;
 use crate::client::{self, Endpoint, Failure, Ws};
 use crate::connections::millis;
 use crate::stats::{self, Errors, Hist, RecordDuration, histogram, round3};
-use crate::target::{self, Access, Target, TargetArgs};
+use crate::target::{self, Access, Sample, Target, TargetArgs};
 
 /// How long the minted tokens are valid.
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -92,12 +92,76 @@ impl Args {
     }
 }
 
-/// What one socket's loop did.
-struct Looped {
+/// What one loop did (then all of them): joins made, their latencies as
+/// `L` (per mode), failures.
+struct Looped<L> {
     joins: u64,
-    latency: Hist,
-    leave: Hist,
+    latencies: L,
     errors: Errors,
+}
+
+/// The latencies one mode records.
+trait Latencies: Send + 'static {
+    fn new() -> Self;
+    fn add(&mut self, other: &Self) -> anyhow::Result<()>;
+}
+
+/// Without `--token`: each join followed by a leave.
+struct JoinLeave {
+    join: Hist,
+    leave: Hist,
+}
+
+impl Latencies for JoinLeave {
+    fn new() -> Self {
+        Self {
+            join: histogram(),
+            leave: histogram(),
+        }
+    }
+
+    fn add(&mut self, other: &Self) -> anyhow::Result<()> {
+        self.join.add(&other.join)?;
+        self.leave.add(&other.leave)?;
+        Ok(())
+    }
+}
+
+/// With `--token`: each join on a fresh connection.
+struct ConnectJoin {
+    /// TCP connect → join reply.
+    total: Hist,
+    /// TCP connect → WebSocket handshake done (the token verified).
+    connect: Hist,
+    /// `phx_join` sent → reply.
+    join: Hist,
+}
+
+impl Latencies for ConnectJoin {
+    fn new() -> Self {
+        Self {
+            total: histogram(),
+            connect: histogram(),
+            join: histogram(),
+        }
+    }
+
+    fn add(&mut self, other: &Self) -> anyhow::Result<()> {
+        self.total.add(&other.total)?;
+        self.connect.add(&other.connect)?;
+        self.join.add(&other.join)?;
+        Ok(())
+    }
+}
+
+impl<L: Latencies> Looped<L> {
+    fn new() -> Self {
+        Self {
+            joins: 0,
+            latencies: L::new(),
+            errors: Errors::default(),
+        }
+    }
 }
 
 pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
@@ -117,41 +181,113 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
         sockets.push(ws);
     }
 
-    let topic = Arc::new(client::json_string(&args.topic));
-    let next = Arc::new(AtomicU64::new(0));
-    let before = target.sample();
-    let started = Instant::now();
-    let mut loops = JoinSet::new();
-    for ws in sockets {
-        loops.spawn(join_loop(ws, topic.clone(), next.clone(), args.n, timeout));
-    }
-    // Each join and leave has its own timeout; this is a backstop.
-    let deadline = started
-        + Duration::from_secs_f64(2.0 * args.n as f64 * args.timeout / args.concurrency as f64)
-        + 2 * timeout;
-    let (mut joins, mut latency, mut leave) = (0, histogram(), histogram());
-    let mut errors = Errors::default();
-    while let Ok(Some(result)) = tokio::time::timeout_at(deadline, loops.join_next()).await {
-        if let Ok(looped) = result {
-            joins += looped.joins;
-            latency.add(&looped.latency)?;
-            leave.add(&looped.leave)?;
-            errors.merge(&looped.errors);
-        }
-    }
-    loops.abort_all();
-    let elapsed = started.elapsed();
+    let (topic, next) = claims(args);
+    let loops = sockets
+        .into_iter()
+        .map(|ws| join_loop(ws, topic.clone(), next.clone(), args.n, timeout));
+    let (looped, elapsed, before) = drive(target, args, loops).await?;
     let after = target.sample();
     target.check_alive()?;
 
-    let per_s = joins as f64 / elapsed.as_secs_f64();
-    let cpu = after.cpu_since(&before);
-    let cpu_per_join = cpu
-        .filter(|_| joins > 0)
-        .map(|cpu| cpu.as_secs_f64() * 1e6 / joins as f64);
+    let latencies = &looped.latencies;
+    let mode = Mode {
+        name: "joins",
+        how: format!(" over {} sockets", args.concurrency),
+        rate_note: ", each followed by a leave",
+        lines: vec![
+            format!("  join latency:  {}", stats::describe(&latencies.join)),
+            format!("  leave latency: {}", stats::describe(&latencies.leave)),
+        ],
+        unit: "join + leave",
+        generator_note: "",
+        json: json!({
+            "token": false,
+            "join_ms": stats::percentiles(&latencies.join),
+            "leave_ms": stats::percentiles(&latencies.leave),
+        }),
+    };
+    Ok(report(
+        target,
+        args,
+        &looped,
+        elapsed,
+        (before, after),
+        Vec::new(),
+        mode,
+    ))
+}
 
-    let mut problems = Vec::new();
-    if joins != args.n {
+/// The topic as a JSON string literal, and the counter the loops claim
+/// joins from.
+fn claims(args: &Args) -> (Arc<String>, Arc<AtomicU64>) {
+    (
+        Arc::new(client::json_string(&args.topic)),
+        Arc::new(AtomicU64::new(0)),
+    )
+}
+
+/// Runs the loops to their end (or a backstop deadline: each connect, join
+/// and leave has its own timeout) and adds up what they did; also returns
+/// how long they took and the sample taken before they started.
+async fn drive<L: Latencies>(
+    target: &Target,
+    args: &Args,
+    loops: impl IntoIterator<Item = impl Future<Output = Looped<L>> + Send + 'static>,
+) -> anyhow::Result<(Looped<L>, Duration, Sample)> {
+    let before = target.sample();
+    let started = Instant::now();
+    let mut running = JoinSet::new();
+    for one in loops {
+        running.spawn(one);
+    }
+    let deadline = started
+        + Duration::from_secs_f64(2.0 * args.n as f64 * args.timeout / args.concurrency as f64)
+        + 2 * Duration::from_secs_f64(args.timeout);
+    let mut all = Looped::<L>::new();
+    while let Ok(Some(result)) = tokio::time::timeout_at(deadline, running.join_next()).await {
+        if let Ok(looped) = result {
+            all.joins += looped.joins;
+            all.latencies.add(&looped.latencies)?;
+            all.errors.merge(&looped.errors);
+        }
+    }
+    running.abort_all();
+    Ok((all, started.elapsed(), before))
+}
+
+/// A mode's own parts of the report.
+struct Mode {
+    /// The scenario's name in the first line.
+    name: &'static str,
+    /// How the joins were made, in the first line.
+    how: String,
+    /// After the elapsed time in the second line.
+    rate_note: &'static str,
+    /// The latency lines, and any notes.
+    lines: Vec<String>,
+    /// The unit of work server CPU is reported per.
+    unit: &'static str,
+    /// For the generator CPU line.
+    generator_note: &'static str,
+    /// The mode's own JSON fields.
+    json: Value,
+}
+
+fn report<L>(
+    target: &Target,
+    args: &Args,
+    looped: &Looped<L>,
+    elapsed: Duration,
+    (before, after): (Sample, Sample),
+    mut problems: Vec<String>,
+    mode: Mode,
+) -> Report {
+    let Looped { joins, errors, .. } = looped;
+    let per_s = *joins as f64 / elapsed.as_secs_f64();
+    let cpu = after.cpu_since(&before);
+    let cpu_per_join = after.cpu_us_per(&before, *joins);
+
+    if *joins != args.n {
         problems.push(format!("{joins} of {} joins succeeded", args.n));
     }
     if errors.total() > 0 {
@@ -160,37 +296,27 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
 
     let mut summary = vec![
         format!(
-            "joins: {joins}/{} joins of `{}` over {} sockets at {} (server {}); {}",
+            "{}: {joins}/{} joins of `{}`{} at {} (server {}); {}",
+            mode.name,
             args.n,
             args.topic,
-            args.concurrency,
+            mode.how,
             target.endpoint.url,
             target.kind(),
             errors.describe()
         ),
         format!(
-            "  {per_s:.0} joins/s ({:.2} s, each followed by a leave)",
-            elapsed.as_secs_f64()
+            "  {per_s:.0} joins/s ({:.2} s{})",
+            elapsed.as_secs_f64(),
+            mode.rate_note
         ),
-        format!("  join latency:  {}", stats::describe(&latency)),
-        format!("  leave latency: {}", stats::describe(&leave)),
     ];
-    if let (Some(cpu), Some(per)) = (cpu, cpu_per_join) {
-        summary.push(format!(
-            "  server CPU: {:.0} ms, {per:.1} µs per join + leave",
-            cpu.as_secs_f64() * 1e3
-        ));
-    }
-    if let Some(generator) = after.generator_cpu_since(&before) {
-        summary.push(format!(
-            "  generator CPU (this process): {:.0} ms",
-            generator.as_secs_f64() * 1e3
-        ));
-    }
+    summary.extend(mode.lines);
+    summary.extend(after.cpu_line(&before, *joins, mode.unit));
+    summary.extend(after.generator_cpu_line(&before, mode.generator_note));
 
-    let json = json!({
+    let mut json = json!({
         "scenario": "joins",
-        "token": false,
         "server": target.kind(),
         "url": target.endpoint.url,
         "n": args.n,
@@ -199,19 +325,20 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
         "joins": joins,
         "elapsed_s": round3(elapsed.as_secs_f64()),
         "joins_per_s": per_s.round(),
-        "join_ms": stats::percentiles(&latency),
-        "leave_ms": stats::percentiles(&leave),
         "errors": errors.total(),
         "error_kinds": errors.kinds(),
         "server_cpu_ms": millis(cpu),
         "generator_cpu_ms": millis(after.generator_cpu_since(&before)),
         "server_cpu_us_per_join": cpu_per_join.map(round3),
     });
-    Ok(Report {
+    if let (Value::Object(all), Value::Object(own)) = (&mut json, mode.json) {
+        all.extend(own);
+    }
+    Report {
         summary,
         json,
         problems,
-    })
+    }
 }
 
 /// Joins and leaves on one socket until `n` joins have been claimed.
@@ -221,20 +348,15 @@ async fn join_loop(
     next: Arc<AtomicU64>,
     n: u64,
     timeout: Duration,
-) -> Looped {
-    let mut looped = Looped {
-        joins: 0,
-        latency: histogram(),
-        leave: histogram(),
-        errors: Errors::default(),
-    };
+) -> Looped<JoinLeave> {
+    let mut looped = Looped::<JoinLeave>::new();
     while next.fetch_add(1, Ordering::Relaxed) < n {
         let k = looped.joins + looped.errors.total();
         let join_ref = format!("j{k}");
         match client::join(&mut ws, &join_ref, &topic, timeout).await {
             Ok(took) => {
                 looped.joins += 1;
-                looped.latency.record_duration(took);
+                looped.latencies.join.record_duration(took);
             }
             Err(failure) => {
                 looped.errors.add(&failure);
@@ -252,7 +374,7 @@ async fn join_loop(
             client::await_reply(&mut ws, &leave_ref, started + timeout).await
         };
         match left.await {
-            Ok(()) => looped.leave.record_duration(started.elapsed()),
+            Ok(()) => looped.latencies.leave.record_duration(started.elapsed()),
             Err(failure) => {
                 looped.errors.add(&failure);
                 break;
@@ -261,18 +383,6 @@ async fn join_loop(
     }
     client::close(ws).await;
     looped
-}
-
-/// What one fresh-connection loop did.
-struct Connected {
-    joins: u64,
-    /// TCP connect → join reply.
-    total: Hist,
-    /// TCP connect → WebSocket handshake done (the token verified).
-    connect: Hist,
-    /// `phx_join` sent → reply.
-    join: Hist,
-    errors: Errors,
 }
 
 /// `--token`: each join on a fresh connection with a fresh token.
@@ -305,120 +415,64 @@ async fn run_tokens(target: &mut Target, args: &Args) -> anyhow::Result<Report> 
     }
     let probed = problems.is_empty();
 
-    let topic = Arc::new(client::json_string(&args.topic));
-    let next = Arc::new(AtomicU64::new(0));
-    let before = target.sample();
-    let started = Instant::now();
-    let mut loops = JoinSet::new();
-    for _ in 0..args.concurrency {
-        loops.spawn(connect_loop(
+    let (topic, next) = claims(args);
+    let loops = (0..args.concurrency).map(|_| {
+        connect_loop(
             endpoint.clone(),
             secret.clone(),
             topic.clone(),
             next.clone(),
             args.n,
             timeout,
-        ));
-    }
-    // Each connect and join has its own timeout; this is a backstop.
-    let deadline = started
-        + Duration::from_secs_f64(2.0 * args.n as f64 * args.timeout / args.concurrency as f64)
-        + 2 * timeout;
-    let mut joins = 0;
-    let (mut total, mut connect, mut join) = (histogram(), histogram(), histogram());
-    let mut errors = Errors::default();
-    while let Ok(Some(result)) = tokio::time::timeout_at(deadline, loops.join_next()).await {
-        if let Ok(looped) = result {
-            joins += looped.joins;
-            total.add(&looped.total)?;
-            connect.add(&looped.connect)?;
-            join.add(&looped.join)?;
-            errors.merge(&looped.errors);
-        }
-    }
-    loops.abort_all();
-    let elapsed = started.elapsed();
+        )
+    });
+    let (looped, elapsed, before) = drive(target, args, loops).await?;
     // Let the server finish tearing down the last connections.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let after = target.sample();
     target.check_alive()?;
 
-    let per_s = joins as f64 / elapsed.as_secs_f64();
-    let cpu = after.cpu_since(&before);
-    let cpu_per_join = cpu
-        .filter(|_| joins > 0)
-        .map(|cpu| cpu.as_secs_f64() * 1e6 / joins as f64);
-
-    if joins != args.n {
-        problems.push(format!("{joins} of {} joins succeeded", args.n));
-    }
-    if errors.total() > 0 {
-        problems.push(errors.describe());
-    }
-
-    let mut summary = vec![
+    let latencies = &looped.latencies;
+    let mut lines = vec![
+        format!("  connect + join: {}", stats::describe(&latencies.total)),
         format!(
-            "joins --token: {joins}/{} joins of `{}`, each on a fresh connection with its own \
-             token, {} at a time, at {} (server {}); {}",
-            args.n,
-            args.topic,
-            args.concurrency,
-            target.endpoint.url,
-            target.kind(),
-            errors.describe()
+            "  connect (token verified): {}",
+            stats::describe(&latencies.connect)
         ),
-        format!(
-            "  {per_s:.0} joins/s ({:.2} s; connect with token, join, close)",
-            elapsed.as_secs_f64()
-        ),
-        format!("  connect + join: {}", stats::describe(&total)),
-        format!("  connect (token verified): {}", stats::describe(&connect)),
-        format!("  join:           {}", stats::describe(&join)),
+        format!("  join:           {}", stats::describe(&latencies.join)),
     ];
     if probed {
-        summary.push(
+        lines.push(
             "  probe: a token signed with another secret was refused (the server may log it)"
                 .to_owned(),
         );
     }
-    if let (Some(cpu), Some(per)) = (cpu, cpu_per_join) {
-        summary.push(format!(
-            "  server CPU: {:.0} ms, {per:.1} µs per verified connect + join (and close)",
-            cpu.as_secs_f64() * 1e3
-        ));
-    }
-    if let Some(generator) = after.generator_cpu_since(&before) {
-        summary.push(format!(
-            "  generator CPU (this process, minting included): {:.0} ms",
-            generator.as_secs_f64() * 1e3
-        ));
-    }
-
-    let json = json!({
-        "scenario": "joins",
-        "token": true,
-        "server": target.kind(),
-        "url": target.endpoint.url,
-        "n": args.n,
-        "concurrency": args.concurrency,
-        "topic": args.topic,
-        "joins": joins,
-        "elapsed_s": round3(elapsed.as_secs_f64()),
-        "joins_per_s": per_s.round(),
-        "connect_join_ms": stats::percentiles(&total),
-        "connect_ms": stats::percentiles(&connect),
-        "join_ms": stats::percentiles(&join),
-        "errors": errors.total(),
-        "error_kinds": errors.kinds(),
-        "server_cpu_ms": millis(cpu),
-        "generator_cpu_ms": millis(after.generator_cpu_since(&before)),
-        "server_cpu_us_per_join": cpu_per_join.map(round3),
-    });
-    Ok(Report {
-        summary,
-        json,
+    let mode = Mode {
+        name: "joins --token",
+        how: format!(
+            ", each on a fresh connection with its own token, {} at a time,",
+            args.concurrency
+        ),
+        rate_note: "; connect with token, join, close",
+        lines,
+        unit: "verified connect + join (and close)",
+        generator_note: ", minting included",
+        json: json!({
+            "token": true,
+            "connect_join_ms": stats::percentiles(&latencies.total),
+            "connect_ms": stats::percentiles(&latencies.connect),
+            "join_ms": stats::percentiles(&latencies.join),
+        }),
+    };
+    Ok(report(
+        target,
+        args,
+        &looped,
+        elapsed,
+        (before, after),
         problems,
-    })
+        mode,
+    ))
 }
 
 /// Mints a token, connects with it, joins and closes, until `n` joins have
@@ -430,14 +484,8 @@ async fn connect_loop(
     next: Arc<AtomicU64>,
     n: u64,
     timeout: Duration,
-) -> Connected {
-    let mut looped = Connected {
-        joins: 0,
-        total: histogram(),
-        connect: histogram(),
-        join: histogram(),
-        errors: Errors::default(),
-    };
+) -> Looped<ConnectJoin> {
+    let mut looped = Looped::<ConnectJoin>::new();
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
         if i >= n {
@@ -458,10 +506,10 @@ async fn connect_loop(
         match client::connect_and_join(&endpoint, &topic, timeout, client::SMALL_READ_BUFFER).await
         {
             Ok((ws, connected, joined)) => {
-                looped.total.record_duration(started.elapsed());
+                looped.latencies.total.record_duration(started.elapsed());
                 looped.joins += 1;
-                looped.connect.record_duration(connected);
-                looped.join.record_duration(joined);
+                looped.latencies.connect.record_duration(connected);
+                looped.latencies.join.record_duration(joined);
                 if let Err(failure) = client::close_and_wait(ws).await {
                     looped.errors.add(&failure);
                 }

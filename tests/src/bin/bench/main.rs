@@ -33,6 +33,7 @@ mod fanout;
 mod guest;
 mod joins;
 mod pacer;
+mod pushes;
 mod reload;
 mod reqreply;
 mod smoke;

@@ -49,8 +49,8 @@ use tokio::time::Instant;
 use crate::Report;
 use crate::client::{self, Endpoint, Failure, Frame, Ws};
 use crate::connections::millis;
-use crate::pacer::{Pacer, Schedule};
-use crate::reqreply::{self, Clock, Requests};
+use crate::pacer::Pacer;
+use crate::pushes::{self, Clock, Requests};
 use crate::stats::{self, RecordDuration, SharedErrors, SharedHist, histogram, round3};
 use crate::target::{Target, TargetArgs};
 
@@ -203,18 +203,10 @@ async fn measure(target: &mut Target, setup: &Setup, args: &Args) -> anyhow::Res
         sockets[i] = Some(ws);
     }
 
-    let count = (args.duration * args.rate).floor() as u64;
-    let base = Instant::now();
-    let clock = Clock {
-        base,
-        schedule: Schedule {
-            start: base + Duration::from_millis(100),
-            rate: args.rate,
-            count,
-        },
-    };
+    let clock = Clock::new(args.rate, args.duration);
+    let count = clock.schedule.count;
     let duration = Duration::from_secs_f64(args.duration);
-    let hard_deadline = clock.schedule.start + duration + 3 * timeout;
+    let hard_deadline = clock.hard_deadline(duration, timeout);
     let (stop, stop_rx) = watch::channel(false);
     let answered = Arc::new(AtomicU64::new(0));
     let service = SharedHist::new();
@@ -242,13 +234,7 @@ async fn measure(target: &mut Target, setup: &Setup, args: &Args) -> anyhow::Res
             event: event.clone(),
             payload: payload.clone(),
         };
-        senders.spawn(reqreply::send(
-            sink,
-            requests,
-            clock,
-            timeout,
-            errors.clone(),
-        ));
+        senders.spawn(pushes::send(sink, requests, clock, timeout, errors.clone()));
         let lane = Lane {
             index: i as u64,
             sockets: args.sockets,
@@ -265,26 +251,13 @@ async fn measure(target: &mut Target, setup: &Setup, args: &Args) -> anyhow::Res
             hard_deadline,
         ));
     }
-    let mut sent = 0;
-    while let Ok(Some(result)) = tokio::time::timeout_at(hard_deadline, senders.join_next()).await {
-        sent += result.unwrap_or(0);
-    }
-    senders.abort_all();
-    let drain_deadline = Instant::now() + timeout;
-    while answered.load(Ordering::Relaxed) < sent && Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let sent = pushes::sent(senders, hard_deadline).await;
+    pushes::drain(&answered, sent, timeout).await;
     let after = target.sample();
     pacer.stop();
     let swaps = swapper.finish().await?;
     let _ = stop.send(true);
-    let mut seen = Vec::new();
-    while let Ok(Some(result)) = tokio::time::timeout_at(hard_deadline, readers.join_next()).await {
-        if let Ok(one) = result {
-            seen.push(one);
-        }
-    }
-    readers.abort_all();
+    let seen = pushes::read(readers, hard_deadline).await;
     target.check_alive()?;
 
     // The last file written must go live, however long that takes here.
@@ -317,15 +290,7 @@ async fn measure(target: &mut Target, setup: &Setup, args: &Args) -> anyhow::Res
         to_serving.last().copied(),
     );
     let last_reply = seen.iter().filter_map(|seen| seen.last).max();
-    let window_s = last_reply.map_or(0.0, |last| {
-        last.saturating_duration_since(clock.schedule.start)
-            .as_secs_f64()
-    });
-    let achieved = if window_s > 0.0 {
-        answered as f64 / window_s
-    } else {
-        0.0
-    };
+    let achieved = clock.achieved(answered, last_reply);
     let cpu = after.cpu_since(&before);
 
     let (disconnects, channel_errors) = (errors.count("closed"), errors.count("channel_error"));
@@ -426,12 +391,7 @@ async fn measure(target: &mut Target, setup: &Setup, args: &Args) -> anyhow::Res
             cpu.as_secs_f64() * 1e3
         ));
     }
-    if let Some(generator) = after.generator_cpu_since(&before) {
-        summary.push(format!(
-            "  generator CPU (this process): {:.0} ms",
-            generator.as_secs_f64() * 1e3
-        ));
-    }
+    summary.extend(after.generator_cpu_line(&before, ""));
 
     let json = json!({
         "scenario": "reload",
@@ -701,20 +661,9 @@ async fn read(
     let mut count = 0;
     // The join reply came from the first file, version a.
     let mut version = 'a';
-    loop {
-        let text = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            text = client::next_text(&mut stream, deadline) => text,
-        };
-        let now = Instant::now();
-        let text = match text {
-            Ok(text) => text,
-            Err(failure) => {
-                errors.add(&failure);
-                break;
-            }
-        };
+    while let Some((text, now)) =
+        pushes::next_reply(&mut stream, &mut stop, deadline, &errors).await
+    {
         let Ok(frame) = Frame::parse(&text) else {
             errors.add(&Failure::new("protocol", text.as_str()));
             continue;
@@ -729,10 +678,7 @@ async fn read(
         if frame.event() != "phx_reply" {
             continue;
         }
-        let Some((n, sent_ns)) = frame.r#ref().and_then(|r| r.split_once(':')) else {
-            continue;
-        };
-        let (Ok(n), Ok(sent_ns)) = (n.parse::<u64>(), sent_ns.parse::<u64>()) else {
+        let Some((n, sent_at)) = clock.reply_to(&frame) else {
             continue;
         };
         let j = n / lane.sockets;
@@ -755,7 +701,7 @@ async fn read(
         answered.fetch_add(1, Ordering::Relaxed);
         seen.latencies
             .push((n, now.saturating_duration_since(clock.schedule.at(n))));
-        service.record(now.saturating_duration_since(clock.base + Duration::from_nanos(sent_ns)));
+        service.record(now.saturating_duration_since(sent_at));
         seen.last = Some(now);
         let reply = serde_json::from_str::<CountReply>(frame.payload().get());
         let (version_now, count_now) = match &reply {

@@ -132,6 +132,33 @@ impl Sample {
     pub fn generator_cpu_since(&self, earlier: &Sample) -> Option<Duration> {
         Some(self.generator_cpu?.saturating_sub(earlier.generator_cpu?))
     }
+
+    /// Server CPU time per unit of work between `earlier` and this sample,
+    /// in µs; `None` without CPU readings or without work.
+    pub fn cpu_us_per(&self, earlier: &Sample, units: u64) -> Option<f64> {
+        self.cpu_since(earlier)
+            .filter(|_| units > 0)
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / units as f64)
+    }
+
+    /// `  server CPU: 50 ms, 2.5 µs per {unit}` (see [`Self::cpu_us_per`]).
+    pub fn cpu_line(&self, earlier: &Sample, units: u64, unit: &str) -> Option<String> {
+        let cpu = self.cpu_since(earlier)?;
+        let per = self.cpu_us_per(earlier, units)?;
+        Some(format!(
+            "  server CPU: {:.0} ms, {per:.1} µs per {unit}",
+            cpu.as_secs_f64() * 1e3
+        ))
+    }
+
+    /// `  generator CPU (this process{note}): 10 ms`, if known.
+    pub fn generator_cpu_line(&self, earlier: &Sample, note: &str) -> Option<String> {
+        let generator = self.generator_cpu_since(earlier)?;
+        Some(format!(
+            "  generator CPU (this process{note}): {:.0} ms",
+            generator.as_secs_f64() * 1e3
+        ))
+    }
 }
 
 /// A started (or found) server.
