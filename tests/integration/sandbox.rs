@@ -65,6 +65,7 @@ async fn each_guest_failure_ends_only_its_channel() {
 
     for (i, (event, payload)) in [
         ("boom", "{}"),                       // a panic: the guest traps
+        ("trap", "{}"),                       // a bare `unreachable` trap
         ("forever", "{}"),                    // a loop: stopped at the deadline
         ("alloc", "{}"),                      // unbounded allocation: the memory cap
         ("big_reply", r#"{"bytes":100000}"#), // a reply over max_frame_bytes
@@ -118,7 +119,7 @@ async fn each_guest_failure_ends_only_its_channel() {
             count("memory"),
             count("bad_output")
         ),
-        (1, 2, 1, 1),
+        (2, 2, 1, 1),
         "{failures:?}"
     );
     server.stop().await;
