@@ -20,18 +20,22 @@ pub struct Subscriber {
     pub outbox: Outbox,
 }
 
+/// A topic's subscribers by socket: one subscription per socket, and
+/// joining or leaving a crowded topic costs O(1).
+type Subscribers = HashMap<u64, Subscriber>;
+
 /// One app's subscriptions. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct PubSub {
-    topics: Arc<Mutex<HashMap<String, Vec<Subscriber>>>>,
+    topics: Arc<Mutex<HashMap<String, Subscribers>>>,
 }
 
 impl PubSub {
     pub fn subscribe(&self, topic: &str, subscriber: Subscriber) {
-        let mut topics = self.lock();
-        let subscribers = topics.entry(topic.to_owned()).or_default();
-        subscribers.retain(|s| s.socket != subscriber.socket);
-        subscribers.push(subscriber);
+        self.lock()
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(subscriber.socket, subscriber);
     }
 
     /// Turns the subscription a joining channel made with a holding outbox
@@ -42,21 +46,16 @@ impl PubSub {
     pub fn release(&self, topic: &str, subscriber: Subscriber, held: &Outbox) {
         let mut topics = self.lock();
         subscriber.outbox.take_from(held);
-        let subscribers = topics.entry(topic.to_owned()).or_default();
-        // Searched from the end: the hold was added moments ago.
-        match subscribers
-            .iter()
-            .rposition(|s| s.socket == subscriber.socket)
-        {
-            Some(i) => subscribers[i] = subscriber,
-            None => subscribers.push(subscriber),
-        }
+        topics
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(subscriber.socket, subscriber);
     }
 
     pub fn unsubscribe(&self, topic: &str, socket: u64) {
         let mut topics = self.lock();
         if let Some(subscribers) = topics.get_mut(topic) {
-            subscribers.retain(|s| s.socket != socket);
+            subscribers.remove(&socket);
             if subscribers.is_empty() {
                 topics.remove(topic);
             }
@@ -93,9 +92,14 @@ impl PubSub {
             event: event.to_owned(),
             payload: payload.clone(),
         };
-        let mut encoded: HashMap<Serializer, Option<WireFrame>> = HashMap::with_capacity(2);
+        // Encoded at most once per serializer, on first need.
+        let (mut v1, mut v2): (Option<Option<WireFrame>>, Option<Option<WireFrame>>) = (None, None);
         deliver(subscribers, except, |serializer| {
-            let frame = encoded.entry(serializer).or_insert_with(|| {
+            let slot = match serializer {
+                Serializer::V1 => &mut v1,
+                Serializer::V2 => &mut v2,
+            };
+            let frame = slot.get_or_insert_with(|| {
                 protocol::encode(serializer, &message)
                     .inspect_err(|e| {
                         tracing::debug!(
@@ -112,19 +116,19 @@ impl PubSub {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Subscriber>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Subscribers>> {
         // Every update is a single step, so a poisoned map is still consistent.
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 fn deliver(
-    subscribers: &[Subscriber],
+    subscribers: &Subscribers,
     except: Option<u64>,
     mut item_for: impl FnMut(Serializer) -> Option<Item>,
 ) -> usize {
     let mut reached = 0;
-    for subscriber in subscribers {
+    for subscriber in subscribers.values() {
         if Some(subscriber.socket) == except {
             continue;
         }
