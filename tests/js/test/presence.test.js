@@ -99,10 +99,13 @@ for (const [name, transport] of TRANSPORTS) {
       const bobSocket = await c.connected(url(), transport, { name: "bob" });
       const ada = await joinWithPresence(c, adaSocket, topic, { username: "ada" });
       const bob = await joinWithPresence(c, bobSocket, topic, { username: "bob" });
-      await shows(ada.presence, [
+      const both = [
         ["ada", 1],
         ["bob", 1],
-      ], "ada sees both");
+      ];
+      await shows(ada.presence, both, "ada sees both");
+      // bob's own view may sync a moment later (long-poll): wait for it too.
+      await shows(bob.presence, both, "bob sees both");
       const bobRef = bob.presence.list((key, { metas }) => (key === "bob" ? metas[0].phx_ref : null)).find(Boolean);
 
       assert.equal((await outcome(bob.channel.leave())).status, "ok");
