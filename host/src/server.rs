@@ -18,7 +18,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::api;
 use crate::app::{App, AppState};
+use crate::auth::{self, Identity};
 use crate::config::{AppConfig, Config};
+use crate::protocol::Serializer;
 use crate::reload;
 use crate::runtime::Runtime;
 use crate::socket::Close;
@@ -65,19 +67,44 @@ impl Server {
             .clone()
     }
 
-    /// Why a new connection to `app` must be refused for capacity, if it must.
-    pub fn at_capacity(&self, app: &App) -> Option<String> {
-        let app_limit = app.state().config.limits.max_connections;
+    /// Admits a new connection to `app` on either transport: its `vsn`
+    /// must match a serializer, the app and the server must have room
+    /// (503 otherwise), and its token must pass (403 otherwise). A refusal
+    /// is logged with its reason, never with the token.
+    pub fn admit(
+        &self,
+        app: &App,
+        transport: &str,
+        vsn: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<(Serializer, Identity), StatusCode> {
+        let refuse = |status, reason: &dyn std::fmt::Display| {
+            tracing::warn!(app = %app.name, transport, "refused: {reason}");
+            status
+        };
+        let Some(serializer) = Serializer::negotiate(vsn) else {
+            let reason =
+                format!("the client's transport version {vsn:?} does not match 1.0.0 or 2.0.0");
+            return Err(refuse(StatusCode::FORBIDDEN, &reason));
+        };
+        let state = app.state();
+        let app_limit = state.config.limits.max_connections;
         if app.socket_count() >= app_limit {
-            return Some(format!(
+            let reason = format!(
                 "app `{}` is at its limit of {app_limit} connections",
                 app.name
-            ));
+            );
+            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, &reason));
         }
         let open: usize = self.apps().iter().map(|a| a.socket_count()).sum();
         let server_limit = self.shared.max_connections;
-        (open >= server_limit)
-            .then(|| format!("the server is at its limit of {server_limit} connections"))
+        if open >= server_limit {
+            let reason = format!("the server is at its limit of {server_limit} connections");
+            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, &reason));
+        }
+        let identity = auth::authenticate(&state.config, token)
+            .map_err(|e| refuse(StatusCode::FORBIDDEN, &e))?;
+        Ok((serializer, identity))
     }
 
     pub fn runtime(&self) -> &Runtime {

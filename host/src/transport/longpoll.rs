@@ -190,27 +190,14 @@ fn open(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Response {
-    let vsn = params.get("vsn").map(String::as_str);
-    let Some(serializer) = Serializer::negotiate(vsn) else {
-        tracing::warn!(app = %app.name, vsn, "refused: the client's transport version does not match 1.0.0 or 2.0.0");
-        return body(403, None, None);
-    };
-    let state = app.state();
-    if let Some(reason) = server.at_capacity(&app) {
-        tracing::warn!(app = %app.name, transport = "longpoll", "refused: {reason}");
-        return body(403, None, None);
-    }
     // The official client sends its `authToken` in this header on GETs.
     let token = headers
         .get(AUTH_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .or(params.get("token").map(String::as_str));
-    let identity = match auth::authenticate(&state.config, token) {
-        Ok(identity) => identity,
-        Err(error) => {
-            tracing::warn!(app = %app.name, transport = "longpoll", "refused: {error}");
-            return body(403, None, None);
-        }
+    let vsn = params.get("vsn").map(String::as_str);
+    let Ok((serializer, identity)) = server.admit(&app, "longpoll", vsn, token) else {
+        return body(403, None, None);
     };
     let token = new_token();
     let shared = Arc::new(Shared {

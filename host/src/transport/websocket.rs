@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::auth::{self, Identity};
-use crate::protocol::{self, RawFrame, Serializer};
+use crate::auth;
+use crate::protocol::{self, RawFrame};
 use crate::server::Server;
 use crate::socket::{Close, Outbox, Session, WireFrame};
 
@@ -38,16 +38,27 @@ pub fn upgrade(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Response {
-    let vsn = params.get("vsn").map(String::as_str);
-    let Some(serializer) = Serializer::negotiate(vsn) else {
-        tracing::warn!(app = %app.name, vsn, "refused: the client's transport version does not match 1.0.0 or 2.0.0");
-        return StatusCode::FORBIDDEN.into_response();
+    let state = app.state();
+    let refuse = |reason: &dyn std::fmt::Display| {
+        tracing::warn!(app = %app.name, transport = "websocket", "refused: {reason}");
+        StatusCode::FORBIDDEN.into_response()
     };
-    let limits = app.state().config.limits.clone();
-    let identity = match connect(server, &app, headers, params) {
-        Ok(identity) => identity,
+    if let Err(error) = auth::check_origin(&state.config, headers) {
+        return refuse(&error);
+    }
+    let offered = match subprotocol_token(headers) {
+        Ok(offered) => offered,
+        Err(reason) => return refuse(&reason),
+    };
+    let token = offered
+        .as_deref()
+        .or(params.get("token").map(String::as_str));
+    let vsn = params.get("vsn").map(String::as_str);
+    let (serializer, identity) = match server.admit(&app, "websocket", vsn, token) {
+        Ok(admitted) => admitted,
         Err(status) => return status.into_response(),
     };
+    let limits = state.config.limits.clone();
     let span = tracing::info_span!("socket", app = %app.name, transport = "websocket", vsn = serializer.vsn());
     let session = Session::new(app.clone(), serializer, identity);
     let shutdown = server.shutdown_token();
@@ -61,30 +72,6 @@ pub fn upgrade(
         .on_upgrade(move |socket| {
             tracker.track_future(run(socket, session, shutdown).instrument(span))
         })
-}
-
-/// Checks origin, capacity and token before the upgrade, as Phoenix does;
-/// a refusal is an HTTP status and a log line that says why.
-fn connect(
-    server: &Server,
-    app: &App,
-    headers: &HeaderMap,
-    params: &HashMap<String, String>,
-) -> Result<Identity, StatusCode> {
-    let state = app.state();
-    let refuse = |status: StatusCode, reason: &dyn std::fmt::Display| {
-        tracing::warn!(app = %app.name, transport = "websocket", "refused: {reason}");
-        status
-    };
-    auth::check_origin(&state.config, headers).map_err(|e| refuse(StatusCode::FORBIDDEN, &e))?;
-    if let Some(reason) = server.at_capacity(app) {
-        return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, &reason));
-    }
-    let offered = subprotocol_token(headers).map_err(|e| refuse(StatusCode::FORBIDDEN, &e))?;
-    let token = offered
-        .as_deref()
-        .or(params.get("token").map(String::as_str));
-    auth::authenticate(&state.config, token).map_err(|e| refuse(StatusCode::FORBIDDEN, &e))
 }
 
 /// The token of the official client's `authToken` option, sent as the
