@@ -104,7 +104,7 @@ macro_rules! export_channel {
 pub mod bindings {
     wit_bindgen::generate!({
         world: "channel",
-        path: "../wit",
+        path: "../wit/v0.1",
         pub_export_macro: true,
         export_macro_name: "__export_channel_impl",
         default_bindings_module: "roost_guest::bindings",

@@ -23,7 +23,7 @@ use crate::presence::{Diff, Owner, Presence};
 use crate::protocol::{Payload, event};
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../wit/v0.1",
     world: "roost:channel/channel",
     exports: { default: async },
 });
