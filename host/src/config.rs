@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::channel::TopicPattern;
+use crate::protocol::TopicPattern;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub cache_dir: PathBuf,
     /// Open sockets, all apps together; past it, HTTP 503.
     pub max_connections: usize,
+    /// On shutdown (Ctrl-C, SIGTERM), how long connections get to close and
+    /// channels to terminate before the process exits anyway.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +64,7 @@ impl Default for ServerConfig {
             watch: true,
             cache_dir: default_cache_dir(),
             max_connections: 100_000,
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -78,6 +82,10 @@ impl ServerConfig {
     /// The compiled-plugin cache directory, unless disabled.
     pub fn cache_dir(&self) -> Option<PathBuf> {
         (!self.cache_dir.as_os_str().is_empty()).then(|| self.cache_dir.clone())
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
     }
 }
 

@@ -1,33 +1,31 @@
-//! A compiled plugin version: its `InstancePre`, a small pool of warm
-//! instances, and the channel callbacks run with a deadline and a memory cap.
+//! A compiled plugin version serving one app: its pool of warm instances,
+//! and the channel callbacks run with the app's deadline and memory cap.
 //!
 //! Each instance has its own `Store`, so a trap poisons nothing but the
 //! instance that trapped, which is dropped instead of going back to the pool.
+//! Instances are per app, never shared: a guest's memory may hold what one
+//! app's calls gave it, and another app must not see that.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
-use sha2::{Digest, Sha256};
-
-use anyhow::Context as _;
-use wasmtime::component::Component;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use super::Runtime;
 use super::bindings::{self, Channel, ChannelPre, Effect, Outcome, StoreData};
+use super::compiled::Compiled;
 use super::guest_log::GuestLog;
 use crate::config::GuestLimits;
 use crate::presence::{Owner, Presence};
 use crate::protocol::Payload;
 use bindings::roost::channel::types as wit;
 
-/// Warm instances kept per plugin version. Calls rarely overlap (one per
-/// runtime thread, plus the few that yield at a deadline tick), so a few is
-/// enough; more would only hold guest memory.
+/// Warm instances kept per plugin version and app. Calls rarely overlap (one
+/// per runtime thread, plus the few that yield at a deadline tick), so a few
+/// is enough; more would only hold guest memory.
 const MAX_WARM: usize = 4;
 
 /// Why a guest call failed. Any of these ends the channel (or the join).
@@ -70,6 +68,8 @@ pub struct CallContext<'a> {
     /// The channel that owns what the call tracks; `None` where the call
     /// may read presence but not change it (`terminate`).
     pub owner: Option<Owner>,
+    /// The app's bounds on its guests.
+    pub limits: GuestLimits,
 }
 
 /// A callback's result and the effects it recorded, in call order.
@@ -79,120 +79,51 @@ pub struct Called<T> {
     pub effects: Vec<Effect>,
 }
 
-/// One compiled version of a plugin file.
+/// One compiled version serving one app.
 pub struct Plugin {
     runtime: Runtime,
+    compiled: Arc<Compiled>,
     app: Arc<str>,
-    /// The file stem, e.g. `room_chat`.
-    name: Arc<str>,
-    path: PathBuf,
-    /// Content hash of the file this version was compiled from.
-    version: String,
-    loaded_at: SystemTime,
-    /// The app's guest limits; a config reload may change them.
-    limits: Mutex<GuestLimits>,
-    pre: ChannelPre<StoreData>,
-    intercepts: Vec<String>,
     warm: Mutex<Vec<Warm>>,
 }
 
-struct Warm {
+/// An instance and its store, ready for a call.
+pub(super) struct Warm {
     store: Store<StoreData>,
     channel: Channel,
 }
 
 impl Plugin {
-    /// Compiles the file off the async threads, then validates the result by
-    /// instantiating it once and reading its intercepts.
-    pub async fn load(
-        runtime: &Runtime,
-        app: &str,
-        path: &Path,
-        limits: GuestLimits,
-    ) -> anyhow::Result<Self> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .with_context(|| format!("reading plugin {}", path.display()))?;
-        let version = content_hash(&bytes);
-        let engine = runtime.engine().clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await?
-            .map_err(super::anyhow_error)
-            .with_context(|| format!("compiling plugin {}", path.display()))?;
-        Self::from_component(runtime, app, path, version, limits, &component)
-            .await
-            .with_context(|| format!("loading plugin {}", path.display()))
+    pub fn new(runtime: Runtime, compiled: Arc<Compiled>, app: Arc<str>) -> Self {
+        Self {
+            runtime,
+            compiled,
+            app,
+            warm: Mutex::new(Vec::new()),
+        }
     }
 
-    async fn from_component(
-        runtime: &Runtime,
-        app: &str,
-        path: &Path,
-        version: String,
-        limits: GuestLimits,
-        component: &Component,
-    ) -> anyhow::Result<Self> {
-        let instance_pre = runtime
-            .linker()
-            .instantiate_pre(component)
-            .map_err(super::anyhow_error)
-            .context("the component does not fit the roost:channel world")?;
-        let pre = ChannelPre::new(instance_pre)
-            .map_err(super::anyhow_error)
-            .context("the component does not export roost:channel/handler")?;
-        let name = path
-            .file_stem()
-            .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into());
-        let mut plugin = Self {
-            runtime: runtime.clone(),
-            app: app.into(),
-            name,
-            path: path.to_owned(),
-            version,
-            loaded_at: SystemTime::now(),
-            limits: Mutex::new(limits),
-            pre,
-            intercepts: Vec::new(),
-            warm: Mutex::new(Vec::new()),
-        };
-        let mut lease = plugin.lease(None, Deadline::Call).await?;
-        let result = lease
-            .channel
-            .roost_channel_handler()
-            .call_intercepts(&mut lease.store)
-            .await;
-        plugin.intercepts = plugin.finish(lease, result)?.value;
-        Ok(plugin)
+    /// The compiled version this serves.
+    pub fn compiled(&self) -> &Arc<Compiled> {
+        &self.compiled
     }
 
     pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        self.compiled.name()
     }
 
     pub fn version(&self) -> &str {
-        &self.version
-    }
-
-    pub fn loaded_at(&self) -> SystemTime {
-        self.loaded_at
-    }
-
-    /// The limits its calls run under.
-    pub fn limits(&self) -> GuestLimits {
-        *self.limits.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn set_limits(&self, limits: GuestLimits) {
-        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+        self.compiled.version()
     }
 
     /// Broadcast events this plugin handles in `handle_out`.
     pub fn intercepts(&self, event: &str) -> bool {
-        self.intercepts.iter().any(|e| e == event)
+        self.compiled.intercepts(event)
+    }
+
+    /// Warm instances held now.
+    pub fn warm_instances(&self) -> usize {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// `join`: `Ok` joins with the outcome, `Err` refuses with a response.
@@ -201,7 +132,7 @@ impl Plugin {
         ctx: CallContext<'_>,
         payload: &Payload,
     ) -> Result<Called<Result<Outcome, Payload>>, PluginError> {
-        let mut lease = self.lease(Some(ctx), Deadline::Join).await?;
+        let mut lease = self.lease(ctx, Deadline::Join).await?;
         let result = lease
             .channel
             .roost_channel_handler()
@@ -212,7 +143,7 @@ impl Plugin {
             )
             .await;
         let called = self.finish(lease, result)?;
-        let max = self.limits().output_bytes;
+        let max = ctx.limits.output_bytes;
         let value = match called.value {
             Ok(outcome) => Ok(convert_outcome(outcome, max)?),
             Err(refusal) => Err(bindings::from_wit(refusal).map_err(bad_output)?),
@@ -250,7 +181,7 @@ impl Plugin {
         event: &str,
         payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
-        let mut lease = self.lease(Some(ctx), Deadline::Call).await?;
+        let mut lease = self.lease(ctx, Deadline::Call).await?;
         let handler = lease.channel.roost_channel_handler();
         let (context, payload) = (self.context(ctx), bindings::to_wit(payload));
         let result = match direction {
@@ -265,7 +196,7 @@ impl Plugin {
                     .await
             }
         };
-        let max = self.limits().output_bytes;
+        let max = ctx.limits.output_bytes;
         self.finish(lease, result)?
             .try_map(|outcome| convert_outcome(outcome, max))
     }
@@ -276,7 +207,7 @@ impl Plugin {
         ctx: CallContext<'_>,
         reason: &str,
     ) -> Result<Called<()>, PluginError> {
-        let mut lease = self.lease(Some(ctx), Deadline::Call).await?;
+        let mut lease = self.lease(ctx, Deadline::Call).await?;
         let result = lease
             .channel
             .roost_channel_handler()
@@ -297,12 +228,8 @@ impl Plugin {
 
     /// Takes a warm instance (or makes one), arms its deadline, and sets
     /// what the call may reach (topic, presence).
-    async fn lease(
-        &self,
-        ctx: Option<CallContext<'_>>,
-        deadline: Deadline,
-    ) -> Result<Warm, PluginError> {
-        let limits = self.limits();
+    async fn lease(&self, ctx: CallContext<'_>, deadline: Deadline) -> Result<Warm, PluginError> {
+        let limits = ctx.limits;
         let deadline = match deadline {
             Deadline::Join => limits.join_deadline,
             Deadline::Call => limits.call_deadline,
@@ -310,16 +237,25 @@ impl Plugin {
         let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut warm = match warm {
             Some(warm) => warm,
-            None => self.instantiate().await?,
+            None => {
+                Warm::new(
+                    &self.runtime,
+                    &self.compiled.pre,
+                    &self.app,
+                    self.compiled.name_arc(),
+                    limits,
+                )
+                .await?
+            }
         };
         let data = warm.store.data_mut();
         {
             let mut current = data.topic.lock().unwrap_or_else(|p| p.into_inner());
             current.clear();
-            current.push_str(ctx.map_or("", |ctx| ctx.topic));
+            current.push_str(ctx.topic);
         }
-        data.presence = ctx.and_then(|ctx| ctx.presence.cloned());
-        data.owner = ctx.and_then(|ctx| ctx.owner);
+        data.presence = ctx.presence.cloned();
+        data.owner = ctx.owner;
         data.max_output = limits.output_bytes;
         data.deadline = Instant::now() + deadline;
         data.budget = deadline;
@@ -331,11 +267,31 @@ impl Plugin {
         Ok(warm)
     }
 
-    async fn instantiate(&self) -> Result<Warm, PluginError> {
+    /// Collects a call's effects; the instance goes back to the pool only if
+    /// the call succeeded.
+    fn finish<T>(&self, warm: Warm, result: wasmtime::Result<T>) -> Result<Called<T>, PluginError> {
+        let (called, warm) = warm.finish(result)?;
+        let mut pool = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < MAX_WARM {
+            pool.push(warm);
+        }
+        Ok(called)
+    }
+}
+
+impl Warm {
+    /// Instantiates `pre` for `app`, bounded by `limits`.
+    async fn new(
+        runtime: &Runtime,
+        pre: &ChannelPre<StoreData>,
+        app: &Arc<str>,
+        plugin: &Arc<str>,
+        limits: GuestLimits,
+    ) -> Result<Self, PluginError> {
         let topic = Arc::new(std::sync::Mutex::new(String::new()));
         let log = |stream| GuestLog {
-            app: self.app.clone(),
-            plugin: self.name.clone(),
+            app: app.clone(),
+            plugin: plugin.clone(),
             topic: topic.clone(),
             stream,
         };
@@ -345,19 +301,18 @@ impl Plugin {
             .stdout(log("stdout"))
             .stderr(log("stderr"))
             .build();
-        let guest = self.limits();
-        let limits = memory_limits(guest.memory_bytes);
         let data = StoreData::new(
             wasi,
-            limits,
-            self.runtime.node().clone(),
-            self.app.clone(),
-            self.name.clone(),
+            memory_limits(limits.memory_bytes),
+            runtime.node().clone(),
+            app.clone(),
+            plugin.clone(),
             topic,
         );
-        let mut store = Store::new(self.runtime.engine(), data);
+        let mut store = Store::new(runtime.engine(), data);
         // Instantiation runs guest start-up code: bound it like a join.
-        store.data_mut().deadline = Instant::now() + guest.join_deadline;
+        store.data_mut().deadline = Instant::now() + limits.join_deadline;
+        store.data_mut().budget = limits.join_deadline;
         store.limiter(|data| &mut data.limits);
         // Checked once per epoch tick: yield to other tasks until the
         // deadline, then trap. tokio's `yield_now` (rather than a plain
@@ -374,22 +329,36 @@ impl Plugin {
             }
         });
         store.set_epoch_deadline(1);
-        let channel = self
-            .pre
+        let channel = pre
             .instantiate_async(&mut store)
             .await
             .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
-        Ok(Warm { store, channel })
+        Ok(Self { store, channel })
     }
 
-    /// Collects a call's effects; the instance goes back to the pool only if
-    /// the call succeeded.
-    fn finish<T>(
-        &self,
-        mut warm: Warm,
-        result: wasmtime::Result<T>,
-    ) -> Result<Called<T>, PluginError> {
-        let data = warm.store.data_mut();
+    /// Instantiates `pre` once, as a check that it starts, and reads its
+    /// intercepts.
+    pub(super) async fn intercepts(
+        runtime: &Runtime,
+        pre: &ChannelPre<StoreData>,
+        plugin: &Arc<str>,
+    ) -> Result<Vec<String>, PluginError> {
+        let limits = GuestLimits::default();
+        let mut warm = Self::new(runtime, pre, &"-".into(), plugin, limits).await?;
+        warm.store.data_mut().deadline = Instant::now() + limits.call_deadline;
+        warm.store.data_mut().budget = limits.call_deadline;
+        let result = warm
+            .channel
+            .roost_channel_handler()
+            .call_intercepts(&mut warm.store)
+            .await;
+        Ok(warm.finish(result)?.0.value)
+    }
+
+    /// Collects a call's effects; gives the instance back only if the call
+    /// succeeded (a trapped instance must not serve again).
+    fn finish<T>(mut self, result: wasmtime::Result<T>) -> Result<(Called<T>, Self), PluginError> {
+        let data = self.store.data_mut();
         let effects = data.take_effects();
         let bad_import = data.bad_import.take();
         let value = match result {
@@ -399,11 +368,7 @@ impl Plugin {
         if let Some(problem) = bad_import {
             return Err(PluginError::BadOutput(problem));
         }
-        let mut pool = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < MAX_WARM {
-            pool.push(warm);
-        }
-        Ok(Called { value, effects })
+        Ok((Called { value, effects }, self))
     }
 }
 
@@ -453,15 +418,6 @@ fn memory_limits(bytes: usize) -> wasmtime::StoreLimits {
         .memory_size(bytes)
         .trap_on_grow_failure(true)
         .build()
-}
-
-/// The first 16 hex digits of the file's SHA-256: enough to tell versions apart.
-pub fn content_hash(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn bad_output(error: serde_json::Error) -> PluginError {

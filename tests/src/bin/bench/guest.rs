@@ -4,7 +4,7 @@
 //! in this process both
 //!
 //! - as the WASM ping plugin, loaded and called through the host's own API
-//!   (`Plugin::load`, `Plugin::handle_in` with a `CallContext`), exactly as
+//!   (`Runtime::compile`, `Plugin::handle_in` with a `CallContext`), exactly as
 //!   a socket's channel calls it: warm instance from the pool, deadline,
 //!   context and payload copied into the guest, the guest SDK parsing the
 //!   payload and serializing the reply, the host validating the reply; and
@@ -75,6 +75,7 @@ impl Context {
             assigns: &self.assigns,
             presence: None,
             owner: None,
+            limits: GuestLimits::default(),
         }
     }
 }
@@ -113,7 +114,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let path = roost_tests::plugin("ping");
     let path = std::fs::canonicalize(&path).unwrap_or(path);
     let runtime = Runtime::new("roost@bench", None)?;
-    let plugin = Plugin::load(&runtime, "bench", &path, GuestLimits::default()).await?;
+    let plugin = Plugin::new(
+        runtime.clone(),
+        runtime.compile(&path).await?,
+        "bench".into(),
+    );
     let payloads = PAYLOADS.map(Payload::json_raw);
     let contexts = [
         Context {
