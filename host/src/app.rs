@@ -85,10 +85,11 @@ impl AppState {
             };
             routes.push((TopicPattern::parse(pattern)?, slot));
         }
-        Ok(Self {
-            config,
-            router: Router::new(routes),
-        })
+        Ok(Self::new(config, Router::new(routes)))
+    }
+
+    pub fn new(config: AppConfig, router: Router) -> Self {
+        Self { config, router }
     }
 
     pub fn config(&self) -> &AppConfig {
@@ -281,13 +282,7 @@ mod tests {
         )
         .unwrap();
         let config = config.apps["a"].clone();
-        Arc::new(App::new(
-            "a",
-            AppState {
-                config,
-                router: Router::default(),
-            },
-        ))
+        Arc::new(App::new("a", AppState::new(config, Router::default())))
     }
 
     #[test]

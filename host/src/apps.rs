@@ -54,6 +54,15 @@ pub struct ConnectionPermit {
     _app: AppPermit,
 }
 
+impl ConnectionPermit {
+    pub fn new(server: OwnedSemaphorePermit, app: AppPermit) -> Self {
+        Self {
+            _server: server,
+            _app: app,
+        }
+    }
+}
+
 impl Apps {
     pub fn new(runtime: Runtime, max_connections: usize) -> Self {
         Self {
@@ -136,10 +145,7 @@ impl Apps {
         Ok(Admission {
             serializer,
             identity,
-            permit: ConnectionPermit {
-                _server: server,
-                _app: app_permit,
-            },
+            permit: ConnectionPermit::new(server, app_permit),
         })
     }
 

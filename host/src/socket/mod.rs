@@ -12,6 +12,8 @@
 //! session's handlers, never from a transport's write path.
 
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
@@ -124,6 +126,9 @@ async fn flush<C: Connection>(
     commands: &mut Vec<Command>,
 ) -> Result<(), Option<Close>> {
     loop {
+        if mailbox.overflowed() {
+            return Err(Some(Close::SlowConsumer));
+        }
         mailbox.take_commands(commands);
         for command in commands.drain(..) {
             // Boxed, like `handle`: a plugin call's state lives on the heap
