@@ -15,6 +15,7 @@
 //! - [`presence`]: per-app presence tracking and Phoenix presence diffs.
 //! - [`runtime`]: wasmtime, plugins, warm instances, host imports.
 //! - [`reload`]: watches plugin files and the config, swaps in new versions.
+//! - [`web`]: apps' static files and the phoenix client for browsers.
 //!
 //! # How a message flows
 //! 1. A client connects to `<mount>/websocket?vsn=2.0.0`; the server finds
@@ -47,3 +48,4 @@ pub mod runtime;
 pub mod server;
 pub mod socket;
 pub mod transport;
+pub mod web;

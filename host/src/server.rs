@@ -25,6 +25,7 @@ use crate::reload;
 use crate::runtime::Runtime;
 use crate::socket::Close;
 use crate::transport::{longpoll, websocket};
+use crate::web;
 
 /// Shared server state, cheap to clone into handlers.
 #[derive(Clone)]
@@ -248,8 +249,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Routes `<mount>/websocket` and `<mount>/longpoll` to their app. Mounts
-/// are looked up per request so apps can come and go while the server runs.
+/// Routes `<mount>/websocket` and `<mount>/longpoll` to their app, and
+/// anything else to the apps' static files. Mounts are looked up per request
+/// so apps can come and go while the server runs.
 async fn endpoint(State(server): State<Server>, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
     let Ok(Query(params)) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri) else {
@@ -270,6 +272,10 @@ async fn endpoint(State(server): State<Server>, request: Request) -> Response {
         .and_then(|mount| server.app(mount))
     {
         return longpoll::handle(&server, app, parts.method, &parts.headers, &params, body).await;
+    }
+    // Apps' static files and Roost's own (the phoenix client): host/src/web.
+    if let Some(response) = web::serve(&server, &parts).await {
+        return response;
     }
     (StatusCode::NOT_FOUND, "no app is mounted here\n").into_response()
 }
