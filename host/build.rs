@@ -67,7 +67,7 @@ fn watch(root: &Path) {
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() && entry.file_name() != "target" {
-            println!("cargo:rerun-if-changed={}", path.display());
+            watch_sources(&path);
         }
     }
     println!("cargo:rerun-if-env-changed=ROOST_SKIP_PLUGIN_BUILD");
@@ -140,6 +140,21 @@ fn install_phoenix_client(web: &Path) {
         }
     }
     std::fs::write(&stamp, &lock).unwrap_or_else(|e| panic!("writing {}: {e}", stamp.display()));
+}
+
+/// A plugin's directory, but not its `www/`: that page is served from disk
+/// (`[apps.X] static`), so editing it needs no build.
+fn watch_sources(dir: &Path) {
+    if !dir.join("www").is_dir() {
+        println!("cargo:rerun-if-changed={}", dir.display());
+        return;
+    }
+    let entries = std::fs::read_dir(dir).expect("reading a plugin directory");
+    for entry in entries.flatten() {
+        if entry.file_name() != "www" {
+            println!("cargo:rerun-if-changed={}", entry.path().display());
+        }
+    }
 }
 
 fn ensure_target() {
