@@ -71,6 +71,7 @@ function showStatus() {
   const state = online ? "online" : everOnline ? "reconnecting" : "connecting";
   const transport = socket.transport === LongPoll ? "long-poll" : "WebSocket";
   ui.status.dataset.state = state;
+  document.body.dataset.state = state;
   ui.status.dataset.transport = transport;
   ui.statusText.textContent =
     state === "online" ? `online · ${transport}` : state === "reconnecting" ? "reconnecting…" : "connecting…";

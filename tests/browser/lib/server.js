@@ -171,14 +171,20 @@ export class RoostServer {
     process.stderr.write(`\n==== ${title} (${this.logPath}) ====\n${this.log()}\n==== end of server log ====\n`);
   }
 
-  async dispose() {
+  /** Stops the server: SIGKILL drops every connection at once, SIGINT closes them with 1001. */
+  async stop(signal = "SIGKILL") {
     const proc = this.proc;
     if (proc && proc.exitCode === null && proc.signalCode === null) {
-      proc.kill("SIGINT");
+      proc.kill(signal);
       const timer = setTimeout(() => proc.kill("SIGKILL"), STOP_TIMEOUT_MS);
       await this.exited;
       clearTimeout(timer);
     }
+    this.proc = null;
+  }
+
+  async dispose() {
+    await this.stop("SIGINT");
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }

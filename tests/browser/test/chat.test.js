@@ -297,3 +297,24 @@ describe("hot reload", () => {
     await waitOnline(page);
   });
 });
+
+describe("connection state", () => {
+  it("shows reconnecting while the server is away, then rejoins", async () => {
+    const room = uniqueRoom();
+    const page = await openChat(await person("ada"), at(room));
+    await waitOnlineList(page, [["ada", ""]]);
+    await roost.stop("SIGKILL");
+    await page.waitForSelector('#status[data-state="reconnecting"]');
+    assert.equal(await page.textContent("#status-text"), "reconnecting…");
+    assert.equal(await page.isDisabled("#send"), true, "nothing to send to");
+    await roost.start();
+    // Over either transport: phoenix.js's fallback counts the refused
+    // reconnects while the server was down as a blocked WebSocket, and
+    // stays on long-poll for the rest of the page's life.
+    await waitOnline(page);
+    // Rejoined with the same name: listed again, and the room works.
+    await waitOnlineList(page, [["ada", ""]]);
+    await say(page, "back again");
+    await waitMessage(page, "ada", "back again");
+  });
+});
