@@ -212,19 +212,32 @@ describe("the chat page", () => {
 });
 
 describe("transports and origins", () => {
-  it("a page whose WebSocket is blocked chats over long-poll", async () => {
+  it("a page whose WebSocket is blocked, or missing, chats over long-poll", async () => {
     const room = uniqueRoom();
-    const blocked = await person("lp");
+    const ws = await openChat(await person("ws"), at(room));
+    // Blocked: every WebSocket fails at once, so phoenix.js falls back.
+    const blocked = await person("blocked");
     await blockWebSocket(blocked);
     const lp = await openChat(blocked, at(room), { online: false });
     await waitOnline(lp, "long-poll");
     assert.ok((await lp.evaluate(() => window.blockedWebSockets)) >= 1, "it tried WebSocket first");
-    const ws = await openChat(await person("ws"), at(room));
-    await waitOnlineList(lp, [["lp", ""], ["ws", ""]]);
-    await say(lp, "from long-poll");
-    await waitMessage(ws, "lp", "from long-poll");
+    // Missing: a browser without WebSocket starts on long-poll.
+    const bare = await person("bare");
+    await bare.addInitScript(() => {
+      delete window.WebSocket;
+    });
+    const none = await openChat(bare, at(room), { online: false });
+    await waitOnline(none, "long-poll");
+
+    await waitOnlineList(ws, [["bare", ""], ["blocked", ""], ["ws", ""]]);
+    await say(lp, "from a blocked WebSocket");
+    await waitMessage(ws, "blocked", "from a blocked WebSocket");
+    await waitMessage(none, "blocked", "from a blocked WebSocket");
+    await say(none, "from no WebSocket at all");
+    await waitMessage(lp, "bare", "from no WebSocket at all");
     await say(ws, "from WebSocket");
     await waitMessage(lp, "ws", "from WebSocket");
+    await waitMessage(none, "ws", "from WebSocket");
     assert.equal(await lp.textContent("#status-text"), "online · long-poll");
   });
 
