@@ -6,14 +6,15 @@
 //!
 //! [apps.demo]
 //! mount = "/socket"
+//! static = "www"     # optional: files for browsers, at `web_path` (default `/`)
 //! [apps.demo.routes]
 //! "ping" = "plugins/target/wasm32-wasip2/release/ping.wasm"
 //! "room:*" = "plugins/target/wasm32-wasip2/release/room_chat.wasm"
 //! ```
 //!
 //! Everything is validated by [`Config::load`] before the server starts, with
-//! messages naming the app, the key and the problem. Plugin paths are relative
-//! to the config file's directory.
+//! messages naming the app, the key and the problem. Plugin paths and
+//! `static` directories are relative to the config file's directory.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,6 +25,13 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::protocol::TopicPattern;
+
+/// Where Roost serves its own files for pages (the phoenix client).
+pub const ROOST_PATH: &str = "/_roost";
+
+/// Paths no `web_path` may take, nor sit under: the HTTP API, the health
+/// check and Roost's own files.
+pub const RESERVED_PATHS: &[&str] = &["/api", "/health", ROOST_PATH];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,6 +133,16 @@ pub struct AppConfig {
     pub check_origin: CheckOrigin,
     #[serde(default)]
     pub limits: Limits,
+    /// A directory served over HTTP at `web_path` (relative to the config
+    /// file; made absolute), e.g. a page that connects to this app. Files
+    /// are read per request, so edits show at once.
+    #[serde(default, rename = "static")]
+    pub static_dir: Option<PathBuf>,
+    /// Where `static` is served. Defaults to `/` when only one app has
+    /// `static`; required otherwise. It may not be, or be under, an app's
+    /// mount or Roost's own paths (`/api`, `/health`, `/_roost`).
+    #[serde(default)]
+    pub web_path: Option<String>,
     /// The resolved `secrets`.
     #[serde(skip)]
     pub secrets: Vec<Secret>,
@@ -350,8 +368,75 @@ impl Config {
         if config.apps.is_empty() {
             bail!("no apps: add an `[apps.<name>]` table");
         }
+        validate_web_paths(&mut config.apps, base)?;
         Ok(config)
     }
+}
+
+/// Resolves each app's `static` directory and settles its `web_path`: the
+/// default, the syntax, and that it takes no path already taken.
+fn validate_web_paths(apps: &mut BTreeMap<String, AppConfig>, base: &Path) -> anyhow::Result<()> {
+    let serving = apps.values().filter(|a| a.static_dir.is_some()).count();
+    let mounts: Vec<(String, String)> = apps
+        .iter()
+        .map(|(name, app)| (name.clone(), app.mount.clone()))
+        .collect();
+    let mut taken: BTreeMap<String, &str> = BTreeMap::new();
+    for (name, app) in apps.iter_mut() {
+        let Some(dir) = &mut app.static_dir else {
+            if app.web_path.is_some() {
+                bail!("app `{name}`: key `web_path`: it needs `static`, the directory to serve");
+            }
+            continue;
+        };
+        *dir = std::path::absolute(base.join(&*dir))?;
+        if !dir.is_dir() {
+            bail!(
+                "app `{name}`: key `static`: {} is not a directory",
+                dir.display()
+            );
+        }
+        let web_path = match app.web_path.as_deref() {
+            Some(path) => path,
+            None if serving == 1 => "/",
+            None => {
+                bail!("app `{name}`: key `web_path`: required when more than one app has `static`")
+            }
+        };
+        let trimmed = web_path.trim_end_matches('/');
+        let web_path = if trimmed.is_empty() { "/" } else { trimmed };
+        let bad_segment = web_path
+            .split('/')
+            .skip(1)
+            .any(|s| s == "." || s == ".." || (s.is_empty() && web_path != "/"));
+        if !web_path.starts_with('/')
+            || web_path.contains(['?', '#', '%', '\\', ' '])
+            || bad_segment
+        {
+            bail!(
+                "app `{name}`: key `web_path`: `{web_path}` must be a path starting with `/`, \
+                 without `.`, `..`, `%`, `?`, `#` or spaces"
+            );
+        }
+        let under = |base: &str| web_path == base || web_path.starts_with(&format!("{base}/"));
+        if let Some(reserved) = RESERVED_PATHS.iter().find(|r| under(r)) {
+            bail!(
+                "app `{name}`: key `web_path`: `{web_path}` is under `{reserved}`, which Roost serves"
+            );
+        }
+        if let Some((other, mount)) = mounts.iter().find(|(_, mount)| under(mount)) {
+            bail!(
+                "app `{name}`: key `web_path`: `{web_path}` is under `{mount}`, the mount of app `{other}`"
+            );
+        }
+        if let Some(other) = taken.insert(web_path.to_owned(), name) {
+            bail!(
+                "app `{name}`: key `web_path`: `{web_path}` is already the web path of app `{other}`"
+            );
+        }
+        app.web_path = Some(web_path.to_owned());
+    }
+    Ok(())
 }
 
 fn resolve_all(sources: &[String], base: &Path) -> anyhow::Result<Vec<Secret>> {
@@ -450,6 +535,80 @@ mod tests {
         assert!(e.contains("app `a`: key `check_origin`"), "{e}");
         let e = error(&format!("{base}[apps.a.limits]\nmax_connections = 0"));
         assert!(e.contains("app `a`: key `limits`"), "{e}");
+    }
+
+    #[test]
+    fn static_dirs_get_a_web_path_that_takes_nothing_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("www/a")).unwrap();
+        let app = |name: &str, mount: &str, extra: &str| {
+            format!("[apps.{name}]\nmount = \"{mount}\"\nroutes = {{ x = \"x.wasm\" }}\n{extra}\n")
+        };
+        let parse = |text: &str| Config::parse(text, dir.path());
+        let error = |text: &str| format!("{:#}", parse(text).expect_err("refused"));
+
+        // One app with `static`: served at `/`, the directory made absolute.
+        let config =
+            parse(&(app("a", "/socket", "static = \"www\"") + &app("b", "/b", ""))).unwrap();
+        assert_eq!(config.apps["a"].web_path.as_deref(), Some("/"));
+        assert_eq!(
+            config.apps["a"].static_dir.as_deref(),
+            Some(&*dir.path().join("www"))
+        );
+        assert_eq!(config.apps["b"].web_path, None);
+        let config = parse(&app(
+            "a",
+            "/socket",
+            "static = \"www\"\nweb_path = \"/ui/\"",
+        ))
+        .unwrap();
+        assert_eq!(config.apps["a"].web_path.as_deref(), Some("/ui"));
+
+        // Two need explicit, distinct web paths.
+        let two = app("a", "/s", "static = \"www\"") + &app("b", "/b", "static = \"www/a\"");
+        let e = error(&two);
+        assert!(e.contains("app `a`: key `web_path`: required"), "{e}");
+        let e = error(
+            &(app("a", "/s", "static = \"www\"\nweb_path = \"/x\"")
+                + &app("b", "/b", "static = \"www/a\"\nweb_path = \"/x/\"")),
+        );
+        assert!(
+            e.contains("app `b`: key `web_path`: `/x` is already the web path of app `a`"),
+            "{e}"
+        );
+
+        for (web_path, problem) in [
+            (
+                "/socket",
+                "`/socket` is under `/socket`, the mount of app `a`",
+            ),
+            ("/b/page", "`/b/page` is under `/b`, the mount of app `b`"),
+            ("/api", "`/api` is under `/api`, which Roost serves"),
+            ("/health", "is under `/health`"),
+            ("/_roost/x", "is under `/_roost`"),
+            ("ui", "must be a path starting with `/`"),
+            ("/a/../b", "must be a path"),
+            ("/a%2f", "must be a path"),
+        ] {
+            let text = app(
+                "a",
+                "/socket",
+                &format!("static = \"www\"\nweb_path = \"{web_path}\""),
+            ) + &app("b", "/b", "");
+            let e = error(&text);
+            assert!(e.contains("app `a`: key `web_path`"), "{web_path}: {e}");
+            assert!(e.contains(problem), "{web_path}: {e}");
+        }
+        let e = error(&app("a", "/s", "static = \"missing\""));
+        assert!(
+            e.contains("app `a`: key `static`:") && e.contains("not a directory"),
+            "{e}"
+        );
+        let e = error(&app("a", "/s", "web_path = \"/x\""));
+        assert!(
+            e.contains("app `a`: key `web_path`: it needs `static`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@
 //! - [`protocol`]: the wire formats and topic patterns — pure code, no I/O.
 //! - [`reload`]: watches plugin files and the config, swaps in new versions.
 //! - [`api`]: the per-app HTTP API (broadcast, disconnect, status) and health.
+//! - [`web`]: each app's static files and the official phoenix client, over
+//!   plain HTTP.
 //!
 //! No module imports one that imports it back (a test checks the `use
 //! crate::` lines); `protocol`, `config`, `mailbox` and `shutdown` are leaves.
@@ -65,3 +67,4 @@ pub mod server;
 pub mod shutdown;
 pub mod socket;
 pub mod transport;
+pub mod web;

@@ -24,6 +24,7 @@ use crate::reload;
 use crate::runtime::Runtime;
 use crate::shutdown::Shutdown;
 use crate::transport::{Transports, longpoll};
+use crate::web;
 
 /// A server that is accepting connections.
 pub struct Running {
@@ -125,13 +126,18 @@ struct Fallback {
     transports: Transports,
 }
 
-/// The app transports, then the front page, then 404.
+/// The app transports, then web pages (an app's static files, Roost's own
+/// files), then the front page, then 404.
 async fn fallback(State(fallback): State<Fallback>, request: Request) -> Response {
     let request = match fallback.transports.serve(request).await {
         Ok(response) => return response,
         Err(request) => request,
     };
-    if request.method() == Method::GET && request.uri().path() == "/" {
+    let (parts, _) = request.into_parts();
+    if let Some(response) = web::serve(&fallback.apps, &parts).await {
+        return response;
+    }
+    if parts.method == Method::GET && parts.uri.path() == "/" {
         return front_page(&fallback.apps);
     }
     (StatusCode::NOT_FOUND, "no app is mounted here\n").into_response()
