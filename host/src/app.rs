@@ -21,7 +21,8 @@ use crate::mailbox::{Close, Command, Mailbox};
 use crate::presence::Presence;
 use crate::protocol::{Payload, TopicPattern};
 use crate::pubsub::{Delivery, PubSub};
-use crate::runtime::{Plugin, PluginSlot, Runtime};
+use crate::runtime::{Compiled, Plugin, PluginSlot, Runtime, TimerBudget};
+use crate::storage::{Kv, Quotas, Storage};
 
 pub struct App {
     name: Arc<str>,
@@ -36,6 +37,8 @@ pub struct App {
     connections: AtomicUsize,
     /// Channels joined on all of the app's sockets.
     channels: AtomicUsize,
+    /// Timers pending on all of the app's channels.
+    timers: Arc<TimerBudget>,
 }
 
 struct SocketEntry {
@@ -48,15 +51,19 @@ struct SocketEntry {
 pub struct AppState {
     config: AppConfig,
     router: Router,
+    /// The app's storage, if it grants the `kv` capability.
+    kv: Option<Kv>,
 }
 
 impl AppState {
     /// Builds the routes of `config`, reusing the slots of `current` for
     /// plugin files it already serves and loading the others (a file another
     /// app already serves is compiled once). Fails, changing nothing, if any
-    /// new plugin does not load.
+    /// new plugin does not load or imports a capability the app does not
+    /// grant.
     pub async fn load(
         runtime: &Runtime,
+        storage: &Storage,
         name: &str,
         config: AppConfig,
         current: Option<&AppState>,
@@ -73,9 +80,14 @@ impl AppState {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (pattern, path) in &config.routes {
             let slot = match slots.get(path) {
-                Some(slot) => slot.clone(),
+                Some(slot) => {
+                    // A granted capability may have been taken away.
+                    grants(&config, name, slot.current().compiled())?;
+                    slot.clone()
+                }
                 None => {
                     let compiled = runtime.compile(path).await?;
+                    grants(&config, name, &compiled)?;
                     tracing::info!(app = name, plugin = compiled.name(), version = compiled.version(), path = %path.display(), "plugin loaded");
                     let plugin = Plugin::new(runtime.clone(), compiled, name.into());
                     let slot = Arc::new(PluginSlot::new(plugin));
@@ -85,11 +97,27 @@ impl AppState {
             };
             routes.push((TopicPattern::parse(pattern)?, slot));
         }
-        Ok(Self::new(config, Router::new(routes)))
+        let kv = match config.capabilities.kv {
+            true => Some(storage.kv(name, Quotas::from_limits(&config.limits))?),
+            false => None,
+        };
+        Ok(Self {
+            kv,
+            ..Self::new(config, Router::new(routes))
+        })
     }
 
+    /// A state with no storage, for tests and apps that grant none.
     pub fn new(config: AppConfig, router: Router) -> Self {
-        Self { config, router }
+        Self {
+            config,
+            router,
+            kv: None,
+        }
+    }
+
+    pub fn kv(&self) -> Option<&Kv> {
+        self.kv.as_ref()
     }
 
     pub fn config(&self) -> &AppConfig {
@@ -105,6 +133,17 @@ impl AppState {
     }
 }
 
+/// Refuses a plugin that imports a capability the app does not grant.
+pub fn grants(config: &AppConfig, app: &str, plugin: &Compiled) -> anyhow::Result<()> {
+    if plugin.uses_kv() && !config.capabilities.kv {
+        anyhow::bail!(
+            "plugin {} imports key-value storage (roost:channel/kv), which app `{app}` does not grant: add `[apps.{app}.capabilities]` with `kv = true`",
+            plugin.path().display()
+        );
+    }
+    Ok(())
+}
+
 impl App {
     pub fn new(name: &str, state: AppState) -> Self {
         Self {
@@ -115,7 +154,13 @@ impl App {
             sockets: Mutex::new(HashMap::new()),
             connections: AtomicUsize::new(0),
             channels: AtomicUsize::new(0),
+            timers: Arc::default(),
         }
+    }
+
+    /// The app's count of pending timers.
+    pub fn timers(&self) -> &Arc<TimerBudget> {
+        &self.timers
     }
 
     pub fn name(&self) -> &Arc<str> {

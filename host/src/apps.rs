@@ -21,6 +21,7 @@ use crate::config::AppConfig;
 use crate::mailbox::Close;
 use crate::protocol::Serializer;
 use crate::runtime::Runtime;
+use crate::storage::Storage;
 
 /// Cheap to clone; clones share the registry.
 #[derive(Clone)]
@@ -30,6 +31,7 @@ pub struct Apps {
 
 struct Shared {
     runtime: Runtime,
+    storage: Storage,
     /// Apps by mount path; replaced whole when the config changes, read
     /// without a lock on every request.
     mounts: ArcSwap<HashMap<String, Arc<App>>>,
@@ -64,10 +66,11 @@ impl ConnectionPermit {
 }
 
 impl Apps {
-    pub fn new(runtime: Runtime, max_connections: usize) -> Self {
+    pub fn new(runtime: Runtime, storage: Storage, max_connections: usize) -> Self {
         Self {
             shared: Arc::new(Shared {
                 runtime,
+                storage,
                 mounts: ArcSwap::from_pointee(HashMap::new()),
                 applying: tokio::sync::Mutex::new(()),
                 connections: Arc::new(Semaphore::new(max_connections)),
@@ -166,6 +169,7 @@ impl Apps {
             let current = running.get(name.as_str());
             let state = AppState::load(
                 self.runtime(),
+                &self.shared.storage,
                 &name,
                 config,
                 current.map(|a| a.state()).as_deref(),

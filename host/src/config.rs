@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub watch: bool,
     /// Where compiled plugins are cached by content hash; empty disables it.
     pub cache_dir: PathBuf,
+    /// Where the embedded key-value store keeps its file (`kv.sqlite3`).
+    pub data_dir: PathBuf,
     /// Open sockets, all apps together; past it, HTTP 503.
     pub max_connections: usize,
     /// On shutdown (Ctrl-C, SIGTERM), how long connections get to close and
@@ -71,10 +73,20 @@ impl Default for ServerConfig {
             node: default_node_name(),
             watch: true,
             cache_dir: default_cache_dir(),
+            data_dir: default_data_dir(),
             max_connections: 100_000,
             drain_timeout_ms: 10_000,
         }
     }
+}
+
+/// `$XDG_DATA_HOME/roost`, else `~/.local/share/roost`.
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("roost")
 }
 
 /// `$XDG_CACHE_HOME/roost/plugins`, else `~/.cache/roost/plugins`.
@@ -133,6 +145,9 @@ pub struct AppConfig {
     pub check_origin: CheckOrigin,
     #[serde(default)]
     pub limits: Limits,
+    /// What the app's plugins may use beyond the always-granted imports.
+    #[serde(default)]
+    pub capabilities: Capabilities,
     /// A directory served over HTTP at `web_path` (relative to the config
     /// file; made absolute), e.g. a page that connects to this app. Files
     /// are read per request, so edits show at once.
@@ -170,6 +185,16 @@ impl Default for CheckOrigin {
     fn default() -> Self {
         Self::Enabled(true)
     }
+}
+
+/// Capabilities an app grants its plugins (`[apps.<name>.capabilities]`).
+/// A plugin that imports one its app does not grant does not load.
+/// `channel`, `presence`, `log` and `timers` are always granted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capabilities {
+    /// Key-value storage (`roost:channel/kv`).
+    pub kv: bool,
 }
 
 /// A secret's bytes; never printed.
@@ -239,6 +264,14 @@ pub struct Limits {
     pub join_deadline_ms: u64,
     /// Linear memory one plugin instance may grow to.
     pub guest_memory_bytes: usize,
+    /// Pending timers (`send-after`) one channel may have, and the app in all.
+    pub timers_per_channel: usize,
+    pub timers_per_app: usize,
+    /// Key-value storage quotas: keys the app may hold, and the largest
+    /// value and key, in bytes.
+    pub kv_max_keys: usize,
+    pub kv_max_value_bytes: usize,
+    pub kv_max_key_bytes: usize,
 }
 
 impl Default for Limits {
@@ -256,6 +289,11 @@ impl Default for Limits {
             call_deadline_ms: 1_000,
             join_deadline_ms: 5_000,
             guest_memory_bytes: 64 << 20,
+            timers_per_channel: 100,
+            timers_per_app: 100_000,
+            kv_max_keys: 100_000,
+            kv_max_value_bytes: 64 << 10,
+            kv_max_key_bytes: 512,
         }
     }
 }
@@ -276,6 +314,7 @@ impl Limits {
             join_deadline: Duration::from_millis(self.join_deadline_ms),
             memory_bytes: self.guest_memory_bytes,
             output_bytes: self.max_frame_bytes,
+            timers_per_channel: self.timers_per_channel,
         }
     }
 }
@@ -338,6 +377,11 @@ impl Config {
                 l.longpoll_body_bytes,
                 l.max_connections,
                 l.guest_memory_bytes,
+                l.timers_per_channel,
+                l.timers_per_app,
+                l.kv_max_keys,
+                l.kv_max_value_bytes,
+                l.kv_max_key_bytes,
             ];
             let times = [
                 l.idle_timeout_ms,
@@ -455,6 +499,8 @@ pub struct GuestLimits {
     /// Largest payload (or assigns) a guest may hand back: frames are
     /// bounded both ways by `max_frame_bytes`.
     pub output_bytes: usize,
+    /// Pending timers one channel may have.
+    pub timers_per_channel: usize,
 }
 
 impl Default for GuestLimits {

@@ -20,6 +20,7 @@
 //! - [`runtime`]: wasmtime, compiled plugins, warm instances, host imports.
 //! - [`pubsub`]: per-app subscriptions and encode-once fan-out.
 //! - [`presence`]: per-app presence tracking and Phoenix presence diffs.
+//! - [`storage`]: plugins' key-value storage, one namespace per app.
 //! - [`protocol`]: the wire formats and topic patterns — pure code, no I/O.
 //! - [`reload`]: watches plugin files and the config, swaps in new versions.
 //! - [`api`]: the per-app HTTP API (broadcast, disconnect, status) and health.
@@ -66,5 +67,6 @@ pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod socket;
+pub mod storage;
 pub mod transport;
 pub mod web;

@@ -22,7 +22,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::app::App;
+use crate::app::{self, App};
 use crate::apps::Apps;
 use crate::config::Config;
 use crate::runtime::{Plugin, PluginSlot};
@@ -194,6 +194,11 @@ async fn reload_plugin(apps: &Apps, path: &Path) {
     };
     for (app, slot) in serving {
         let previous = slot.current();
+        if let Err(error) = app::grants(app.state().config(), app.name(), &compiled) {
+            tracing::warn!(app = %app.name(), path = %path.display(), serving = previous.version(), "plugin reload refused, the last good version keeps serving: {error:#}");
+            slot.record_failure(format!("{error:#}"));
+            continue;
+        }
         if previous.version() == compiled.version() {
             tracing::debug!(app = %app.name(), path = %path.display(), "plugin file touched, content unchanged");
             continue;

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::reload;
 use crate::runtime::Runtime;
 use crate::shutdown::Shutdown;
+use crate::storage::Storage;
 use crate::transport::{Transports, longpoll};
 use crate::web;
 
@@ -78,7 +79,8 @@ impl Running {
 /// the config and plugin files unless `server.watch` is off.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let runtime = Runtime::new(&config.server.node, config.server.cache_dir())?;
-    let apps = Apps::new(runtime, config.server.max_connections);
+    let storage = Storage::new(config.server.data_dir.clone());
+    let apps = Apps::new(runtime, storage, config.server.max_connections);
     let shutdown = Shutdown::default();
     apps.apply(config.apps).await?;
     if config.server.watch {

@@ -12,8 +12,15 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use super::Runtime;
-use super::bindings::{ChannelPre, StoreData};
 use super::plugin::Warm;
+use super::store::StoreData;
+use super::{world_v01 as v01, world_v02 as v02};
+
+/// A component linked for either contract version, ready to instantiate.
+pub(super) enum Pre {
+    V01(v01::ChannelPre<StoreData>),
+    V02(v02::PluginPre<StoreData>),
+}
 
 pub struct Compiled {
     /// The file stem, e.g. `room_chat`.
@@ -22,7 +29,9 @@ pub struct Compiled {
     /// Content hash of the file this version was compiled from.
     version: String,
     loaded_at: SystemTime,
-    pub(super) pre: ChannelPre<StoreData>,
+    pub(super) pre: Pre,
+    /// The interfaces the component imports (`roost:channel/kv@0.2.0`, …).
+    imports: Vec<String>,
     /// Broadcast events this version handles in `handle_out`.
     intercepts: Vec<String>,
 }
@@ -56,10 +65,20 @@ impl Compiled {
             .linker()
             .instantiate_pre(component)
             .map_err(super::anyhow_error)
-            .context("the component does not fit the roost:channel world")?;
-        let pre = ChannelPre::new(instance_pre)
-            .map_err(super::anyhow_error)
-            .context("the component does not export roost:channel/handler")?;
+            .context("the component imports something the host does not offer (roost:channel@0.1.0 or @0.2.0, and WASI 0.2)")?;
+        let pre = match v02::PluginPre::new(instance_pre.clone()) {
+            Ok(pre) => Pre::V02(pre),
+            Err(_) => Pre::V01(
+                v01::ChannelPre::new(instance_pre)
+                    .map_err(super::anyhow_error)
+                    .context("the component exports neither roost:channel/handler@0.2.0 nor @0.1.0")?,
+            ),
+        };
+        let imports = component
+            .component_type()
+            .imports(runtime.engine())
+            .map(|(name, _)| name.to_owned())
+            .collect();
         let name = path
             .file_stem()
             .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into());
@@ -72,6 +91,7 @@ impl Compiled {
             version,
             loaded_at: SystemTime::now(),
             pre,
+            imports,
             intercepts,
         })
     }
@@ -94,6 +114,20 @@ impl Compiled {
 
     pub fn loaded_at(&self) -> SystemTime {
         self.loaded_at
+    }
+
+    /// The contract version the component was built against.
+    pub fn wit_version(&self) -> &'static str {
+        match self.pre {
+            Pre::V01(_) => "0.1.0",
+            Pre::V02(_) => "0.2.0",
+        }
+    }
+
+    /// Whether the component imports key-value storage, a capability its
+    /// app must grant.
+    pub fn uses_kv(&self) -> bool {
+        self.imports.iter().any(|name| name == v02::KV_INTERFACE)
     }
 
     /// Whether this version handles `event` in `handle_out`.

@@ -2,8 +2,11 @@
 //! instances, deadlines and the host imports.
 //!
 //! # Layout
-//! - `bindings`: the `roost:channel` world for wasmtime, and the host imports,
-//!   which only record [`Effect`]s for the caller to apply in order.
+//! - `store`: the per-instance state and the host side of every import,
+//!   which record [`Effect`]s for the caller to apply in order (storage is
+//!   the one import that does I/O).
+//! - `world_v01`, `world_v02`: the two contract versions the host links side
+//!   by side, `roost:channel@0.1.0` and `@0.2.0`, over that one `store`.
 //! - `compiled`: one compiled version of a plugin file, shared by every app
 //!   that routes to it (compiled once, however many apps use it).
 //! - `plugin`: a compiled version serving one app, with that app's pool of
@@ -16,11 +19,13 @@
 //! is the host-owned `assigns`), so any warm instance can serve any channel,
 //! and a trapped instance is simply dropped.
 
-mod bindings;
 mod compiled;
 mod guest_log;
 mod plugin;
 mod slot;
+mod store;
+mod world_v01;
+mod world_v02;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +37,7 @@ use anyhow::Context as _;
 use wasmtime::component::Linker;
 use wasmtime::{Cache, CacheConfig, Config, Engine};
 
-pub use bindings::{Effect, Outcome, StoreData};
+pub use store::{Effect, Outcome, StoreData, TimerBudget};
 pub use compiled::{Compiled, content_hash};
 pub use plugin::{CallContext, Called, Plugin, PluginError};
 pub use slot::{PluginSlot, SlotStatus};
@@ -81,7 +86,9 @@ impl Runtime {
         };
         let engine = Engine::new(&config).map_err(anyhow_error)?;
         let mut linker = Linker::new(&engine);
-        bindings::add_to_linker(&mut linker).map_err(anyhow_error)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_error)?;
+        world_v01::add_to_linker(&mut linker).map_err(anyhow_error)?;
+        world_v02::add_to_linker(&mut linker).map_err(anyhow_error)?;
 
         let ticker = engine.weak();
         thread::Builder::new()

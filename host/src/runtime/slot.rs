@@ -36,6 +36,8 @@ pub struct SlotStatus {
     pub plugin: String,
     /// Content hash of the file now serving.
     pub version: String,
+    /// The contract it was built against: `0.1.0` or `0.2.0`.
+    pub wit_version: &'static str,
     /// Seconds since the Unix epoch.
     pub loaded_at: u64,
     pub reloads: u64,
@@ -112,6 +114,7 @@ impl PluginSlot {
             path: self.path.clone(),
             plugin: plugin.name().to_owned(),
             version: plugin.version().to_owned(),
+            wit_version: plugin.compiled().wit_version(),
             loaded_at: unix_seconds(plugin.compiled().loaded_at()),
             reloads: self.reloads.load(Ordering::Relaxed),
             reload_failures: self.reload_failures.load(Ordering::Relaxed),

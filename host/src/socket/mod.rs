@@ -4,7 +4,8 @@
 //! broadcasts, reroutes, closes).
 //!
 //! The loop is generic over a [`Connection`]: a stream of decoded client
-//! messages and a sink of outgoing frames. `transport::websocket` and
+//! messages and a sink of outgoing frames. It also waits on the session's
+//! channel timers, whose firing runs the channel's `handle_info`. `transport::websocket` and
 //! `transport::longpoll` are thin adapters that make one; the tests use a
 //! pair of channels. So there is one place that decides the order of
 //! things — commands are acted on, then queued frames written, several per
@@ -92,6 +93,9 @@ pub async fn run<C: Connection>(
             biased;
             () = &mut cancelled => break Some(Close::GoingAway),
             () = mailbox.ready() => {}
+            fired = session.next_timer(), if session.has_timers() => {
+                Box::pin(session.fire(fired)).await;
+            }
             () = &mut idle_timer => break Some(Close::IdleTimeout),
             inbound = conn.next() => {
                 if let Some(deadline) = tokio::time::Instant::now().checked_add(idle) {

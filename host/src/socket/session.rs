@@ -23,8 +23,11 @@
 //! [`conclude`]: Session::conclude
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio_util::time::{DelayQueue, delay_queue};
 
 use crate::app::App;
 use crate::apps::ConnectionPermit;
@@ -46,9 +49,18 @@ struct Joined {
     /// The route's plugin; each call uses whatever version is current.
     slot: Arc<PluginSlot>,
     /// The channel's state, a JSON object owned by the host.
-    assigns: String,
+    assigns: Arc<str>,
     /// Owns the presence entries the channel tracks.
     owner: Owner,
+    /// The channel's pending timers: id → its place in the socket's queue.
+    timers: HashMap<u64, delay_queue::Key>,
+}
+
+/// A timer that fired: `handle_info(message)` on the channel of `topic`.
+pub struct Fired {
+    topic: String,
+    id: u64,
+    message: String,
 }
 
 /// Where a callback's reply goes.
@@ -87,11 +99,14 @@ pub struct Session {
     /// Server-unique number of this socket.
     socket: u64,
     /// `users_socket:<sub>` for sockets with a token subject.
-    socket_id: Option<String>,
+    socket_id: Option<Arc<str>>,
     /// Verified token claims as a JSON object.
-    claims: String,
+    claims: Arc<str>,
     mailbox: Mailbox,
     channels: HashMap<String, Joined>,
+    /// Every channel's pending timers, made on the socket's first timer
+    /// (an idle socket holds none).
+    timers: Option<Box<DelayQueue<Fired>>>,
     /// This connection's place in the server's and the app's limits.
     _permit: ConnectionPermit,
 }
@@ -112,10 +127,11 @@ impl Session {
             app,
             serializer,
             socket,
-            socket_id,
-            claims,
+            socket_id: socket_id.map(Into::into),
+            claims: claims.into(),
             mailbox,
             channels: HashMap::new(),
+            timers: None,
             _permit: permit,
         }
     }
@@ -195,6 +211,46 @@ impl Session {
             Command::Close(close) => return Err(close),
         }
         Ok(())
+    }
+
+    /// Whether any channel has a pending timer.
+    pub fn has_timers(&self) -> bool {
+        self.timers.is_some()
+    }
+
+    /// The next timer to fire. Pending forever while none is set: the loop
+    /// only waits on it when [`has_timers`](Self::has_timers).
+    pub async fn next_timer(&mut self) -> Fired {
+        poll_fn(|cx| match self.timers.as_mut() {
+            Some(queue) => match queue.poll_expired(cx) {
+                std::task::Poll::Ready(Some(expired)) => std::task::Poll::Ready(expired.into_inner()),
+                _ => std::task::Poll::Pending,
+            },
+            None => std::task::Poll::Pending,
+        })
+        .await
+    }
+
+    /// A timer fired: its channel's `handle_info` runs on the current
+    /// assigns and the current code.
+    pub async fn fire(&mut self, fired: Fired) {
+        let Fired { topic, id, message } = fired;
+        let Some(joined) = self.channels.get_mut(&topic) else {
+            return;
+        };
+        if joined.timers.remove(&id).is_none() {
+            return;
+        }
+        self.app.timers().release(1);
+        self.drop_empty_queue();
+        let Some(joined) = self.channels.get(&topic) else {
+            return;
+        };
+        let plugin = joined.slot.current();
+        let result = plugin
+            .handle_info(self.context(&topic, joined), &message)
+            .await;
+        self.settle(&topic, result, ReplyTo::Nobody).await;
     }
 
     /// The connection is gone: every channel ends (`terminate("closed")`).
@@ -284,15 +340,8 @@ impl Session {
             .pubsub()
             .subscribe(&topic, self.subscriber(held.clone()));
         let owner = self.app.presence().owner();
-        let ctx = CallContext {
-            topic: &topic,
-            socket_id: self.socket_id.as_deref(),
-            claims: &self.claims,
-            assigns: "{}",
-            presence: Some(self.app.presence()),
-            owner: Some(owner),
-            limits: state.limits().guest(),
-        };
+        let empty: Arc<str> = "{}".into();
+        let ctx = self.call_context(&topic, &empty, Some(owner), Vec::new());
         let result = plugin.join(ctx, &payload).await;
         if !matches!(result, Ok(Called { value: Ok(_), .. })) {
             // A refused or crashed join never existed; what it tracked goes.
@@ -314,25 +363,28 @@ impl Session {
                 self.app
                     .pubsub()
                     .release(&topic, self.subscriber(self.mailbox.clone()), &held);
-                self.apply(&topic, &channel_ref, effects);
                 tracing::debug!(topic, plugin = plugin.name(), "joined");
-                let assigns = assigns.unwrap_or_else(|| "{}".to_owned());
                 self.app.count_channel(true);
                 self.channels.insert(
-                    topic,
+                    topic.clone(),
                     Joined {
-                        join_ref: channel_ref,
+                        join_ref: channel_ref.clone(),
                         slot,
-                        assigns,
+                        assigns: assigns.map_or(empty, Into::into),
                         owner,
+                        timers: HashMap::new(),
                     },
                 );
+                // After the table entry: a timer the join set belongs to it.
+                self.apply(&topic, &channel_ref, effects);
             }
-            // A refused join never existed: what it pushed or broadcast is dropped.
+            // A refused join never existed: what it pushed, broadcast or
+            // scheduled is dropped.
             Ok(Called {
                 value: Err(response),
-                ..
+                effects,
             }) => {
+                self.forgo(effects);
                 self.send(reply(join_ref, ref_, topic, event::ERROR, response));
             }
             Err(error) => {
@@ -418,7 +470,7 @@ impl Session {
             ));
         }
         if let (Some(assigns), Some(joined)) = (outcome.assigns, self.channels.get_mut(topic)) {
-            joined.assigns = assigns;
+            joined.assigns = assigns.into();
         }
         if let Some(reason) = outcome.stop {
             self.end(topic, Ending::Stopped(reason)).await;
@@ -437,10 +489,18 @@ impl Session {
     /// broadcasts, or is present on its topic. Everything a channel holds
     /// outside its socket is released here, and only here.
     fn detach(&mut self, topic: &str) -> Option<Joined> {
-        let joined = self.channels.remove(topic)?;
+        let mut joined = self.channels.remove(topic)?;
         self.app.count_channel(false);
         self.app.pubsub().unsubscribe(topic, self.socket);
         self.untrack(topic, joined.owner);
+        let pending = joined.timers.len();
+        if let Some(queue) = self.timers.as_mut() {
+            for (_, key) in joined.timers.drain() {
+                queue.remove(&key);
+            }
+        }
+        self.app.timers().release(pending);
+        self.drop_empty_queue();
         Some(joined)
     }
 
@@ -477,10 +537,8 @@ impl Session {
     /// presences but not track.
     async fn terminate(&mut self, topic: &str, joined: &Joined, reason: &str) {
         let plugin = joined.slot.current();
-        let ctx = CallContext {
-            owner: None,
-            ..self.context(topic, joined)
-        };
+        // No owner: the channel is gone, so it can neither track nor set timers.
+        let ctx = self.call_context(topic, &joined.assigns, None, Vec::new());
         match plugin.terminate(ctx, reason).await {
             Ok(called) => self.apply(topic, &joined.join_ref, called.effects),
             Err(error) => self.log_failure(topic, &joined.slot, "terminate", &error),
@@ -508,7 +566,7 @@ impl Session {
     }
 
     /// Applies effects in call order, on behalf of the channel `topic`.
-    fn apply(&self, topic: &str, join_ref: &Option<String>, effects: Vec<Effect>) {
+    fn apply(&mut self, topic: &str, join_ref: &Option<String>, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
                 Effect::Push { event, payload } => self.send(Outbound::Push {
@@ -529,19 +587,80 @@ impl Session {
                     let except = (exclude_self && to == topic).then_some(self.socket);
                     self.app.broadcast(&to, &event, &payload, except);
                 }
+                Effect::SendAfter { id, delay, message } => {
+                    let Some(joined) = self.channels.get_mut(topic) else {
+                        // The channel ended in the same callback (a stop).
+                        self.app.timers().release(1);
+                        continue;
+                    };
+                    let queue = self.timers.get_or_insert_with(Default::default);
+                    let fired = Fired {
+                        topic: topic.to_owned(),
+                        id,
+                        message,
+                    };
+                    joined.timers.insert(id, queue.insert(fired, delay));
+                }
+                Effect::CancelTimer { id } => {
+                    let key = self
+                        .channels
+                        .get_mut(topic)
+                        .and_then(|joined| joined.timers.remove(&id));
+                    if let (Some(key), Some(queue)) = (key, self.timers.as_mut()) {
+                        queue.remove(&key);
+                        self.app.timers().release(1);
+                    }
+                    self.drop_empty_queue();
+                }
             }
         }
     }
 
+    /// Drops effects that will never apply, giving back the timer places
+    /// their `send-after`s took.
+    fn forgo(&self, effects: Vec<Effect>) {
+        let timers = effects
+            .iter()
+            .filter(|effect| matches!(effect, Effect::SendAfter { .. }))
+            .count();
+        self.app.timers().release(timers);
+    }
+
+    /// Frees the timer queue once no timer is pending.
+    fn drop_empty_queue(&mut self) {
+        if self.timers.as_ref().is_some_and(|queue| queue.is_empty()) {
+            self.timers = None;
+        }
+    }
+
+    /// The context of a call on the joined channel of `topic`.
     fn context<'a>(&'a self, topic: &'a str, joined: &'a Joined) -> CallContext<'a> {
+        let timers = joined.timers.keys().copied().collect();
+        self.call_context(topic, &joined.assigns, Some(joined.owner), timers)
+    }
+
+    /// A call's context: who the socket is, the channel's state, and the
+    /// app's presence, storage and limits as they are now.
+    fn call_context<'a>(
+        &'a self,
+        topic: &'a str,
+        assigns: &'a Arc<str>,
+        owner: Option<Owner>,
+        timers: Vec<u64>,
+    ) -> CallContext<'a> {
+        let state = self.app.state();
         CallContext {
             topic,
-            socket_id: self.socket_id.as_deref(),
+            socket_id: self.socket_id.as_ref(),
             claims: &self.claims,
-            assigns: &joined.assigns,
+            assigns,
             presence: Some(self.app.presence()),
-            owner: Some(joined.owner),
-            limits: self.app.state().limits().guest(),
+            owner,
+            timers,
+            timer_budget: Some(self.app.timers()),
+            kv: state.kv().cloned(),
+            limits: state.limits().guest(),
+            timers_per_app: state.limits().timers_per_app,
         }
     }
 

@@ -138,7 +138,8 @@ fn bare_app(limits: &str) -> Arc<App> {
 /// An app routing `fixture:*` to the fixture plugin.
 async fn fixture_app() -> Arc<App> {
     let runtime = Runtime::new("roost@test", None).unwrap();
-    let state = AppState::load(&runtime, "t", config(""), None)
+    let storage = crate::storage::Storage::new(std::env::temp_dir().join("roost-socket-tests"));
+    let state = AppState::load(&runtime, &storage, "t", config(""), None)
         .await
         .unwrap();
     Arc::new(App::new("t", state))
