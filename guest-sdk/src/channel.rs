@@ -2,11 +2,14 @@
 //! as the WIT `handler` interface.
 //!
 //! [`export_channel!`](crate::export_channel) exports `Adapter<YourChannel>`:
-//! each WIT call builds a [`Socket`] from the context, converts the payload,
-//! calls the matching `Channel` function, and turns its answer into the WIT
-//! `outcome`, with the assigns only if the callback changed them.
+//! each WIT call makes a [`Socket`] (which reads the call's context from the
+//! host only as the callback asks for it), converts the payload, calls the
+//! matching `Channel` function, and turns its answer into the WIT outcome,
+//! with the assigns only if the callback changed them.
 
 use std::marker::PhantomData;
+
+use serde_json::Value;
 
 use crate::bindings::exports::roost::channel::handler::Guest;
 use crate::bindings::roost::channel::types as wit;
@@ -41,6 +44,15 @@ pub trait Channel {
         noreply()
     }
 
+    /// A message this channel sent itself with
+    /// [`Socket::send_after`] — Phoenix's `handle_info`. Any reply is
+    /// ignored (no client message to answer); pushes, broadcasts, assigns
+    /// and stops apply as in [`handle_in`](Self::handle_in). By default,
+    /// nothing.
+    fn handle_info(_message: Value, _socket: &mut Socket) -> Outcome {
+        noreply()
+    }
+
     /// The channel is going away (`leave`, `closed`, `normal`, …). Best effort:
     /// not called if the server dies. By default, nothing.
     fn terminate(_reason: &str, _socket: &mut Socket) {}
@@ -59,26 +71,32 @@ impl<C: Channel> Guest for Adapter<C> {
             .collect()
     }
 
-    fn join(ctx: wit::Context, payload: wit::Payload) -> Result<wit::Outcome, wit::Payload> {
-        let topic = ctx.topic.clone();
-        let mut socket = Socket::from(ctx);
+    fn join(topic: String, payload: wit::Payload) -> Result<wit::Joined, wit::Payload> {
+        let mut socket = Socket::joining(topic.clone());
         match C::join(&topic, payload.into(), &mut socket) {
             Ok(joined) => Ok(joined.into_wit(socket.changed_assigns())),
             Err(response) => Err(Payload::Json(response).into()),
         }
     }
 
-    fn handle_in(ctx: wit::Context, event: String, payload: wit::Payload) -> wit::Outcome {
-        let mut socket = Socket::from(ctx);
+    fn handle_in(event: String, payload: wit::Payload) -> wit::Outcome {
+        let mut socket = Socket::joined();
         C::handle_in(&event, payload.into(), &mut socket).into_wit(socket.changed_assigns())
     }
 
-    fn handle_out(ctx: wit::Context, event: String, payload: wit::Payload) -> wit::Outcome {
-        let mut socket = Socket::from(ctx);
+    fn handle_out(event: String, payload: wit::Payload) -> wit::Outcome {
+        let mut socket = Socket::joined();
         C::handle_out(&event, payload.into(), &mut socket).into_wit(socket.changed_assigns())
     }
 
-    fn terminate(ctx: wit::Context, reason: String) {
-        C::terminate(&reason, &mut Socket::from(ctx));
+    fn handle_info(message: String) -> wit::Outcome {
+        let mut socket = Socket::joined();
+        // The SDK sends JSON; anything else arrives as a string.
+        let message = serde_json::from_str(&message).unwrap_or(Value::String(message));
+        C::handle_info(message, &mut socket).into_wit(socket.changed_assigns())
+    }
+
+    fn terminate(reason: String) {
+        C::terminate(&reason, &mut Socket::joined());
     }
 }

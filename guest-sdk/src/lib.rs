@@ -1,9 +1,10 @@
 //! Write Roost channel plugins in Rust.
 //!
 //! A Roost plugin is a WebAssembly component that serves the callbacks of a
-//! Phoenix channel: `join`, `handle_in`, `handle_out` and `terminate`. This
-//! crate hides the component plumbing (the `roost:channel` WIT world in
-//! `wit/`) behind a [`Channel`] trait and one macro, [`export_channel!`]:
+//! Phoenix channel: `join`, `handle_in`, `handle_out`, `handle_info` and
+//! `terminate`. This crate hides the component plumbing (the
+//! `roost:channel@0.2.0` WIT world `plugin`, in `wit/`) behind a [`Channel`]
+//! trait and one macro, [`export_channel!`]:
 //!
 //! ```
 //! use roost_guest::prelude::*;
@@ -37,9 +38,10 @@
 //!   the WIT `handler` export.
 //! - [`Socket`] (`socket.rs`): one callback's context (topic, claims,
 //!   assigns) and the host calls (`push`, `broadcast`, presence's `track`
-//!   and `push_presence_state`, …).
+//!   and `push_presence_state`, timers' `send_after`, …).
 //! - [`Payload`] (`payload.rs`): a message body, JSON or binary.
 //! - [`Outcome`], [`Joined`] (`outcome.rs`): what callbacks return.
+//! - [`kv`]: the app's key-value storage.
 //! - [`log`]: lines to the host's log.
 //!
 //! # State
@@ -53,12 +55,21 @@
 //! # Presence
 //!
 //! Who is on a topic is host state too, as Phoenix.Presence keeps it:
-//! [`Socket::track`] a key with a meta during `join`, then
+//! [`Socket::track`] a key with a meta (after the join reply, from a
+//! zero-delay timer, as Phoenix's `:after_join`), then
 //! [`Socket::push_presence_state`]; the host broadcasts each change as
 //! `presence_diff` and drops the channel's entries when it goes away. The
 //! official JS client's `Presence` class syncs from the two events.
+//!
+//! # Timers and storage
+//!
+//! [`Socket::send_after`] sends the channel a message later (or right after
+//! the current callback), delivered to [`Channel::handle_info`]; timers go
+//! with their channel. [`kv`] keeps data beyond a channel's life (history,
+//! counters), per app, when the app grants it.
 
 mod channel;
+pub mod kv;
 pub mod log;
 mod outcome;
 mod payload;
@@ -71,16 +82,16 @@ pub use outcome::{
     JoinResult, Joined, Outcome, Reply, noreply, reply, reply_error, reply_ok, stop,
 };
 pub use payload::Payload;
-pub use socket::Socket;
+pub use socket::{Socket, TimerId};
 
 /// Everything a plugin needs: `use roost_guest::prelude::*;`.
 pub mod prelude {
-    pub use crate::log;
     pub use crate::{
-        Channel, JoinResult, Joined, Outcome, Payload, Socket, export_channel, noreply, reply,
-        reply_error, reply_ok, stop,
+        Channel, JoinResult, Joined, Outcome, Payload, Socket, TimerId, export_channel, noreply,
+        reply, reply_error, reply_ok, stop,
     };
-    pub use serde_json::{Value, json};
+    pub use crate::{kv, log};
+    pub use serde_json::{Map, Value, json};
 }
 
 /// Exports a [`Channel`] implementation as this component's `handler`.
@@ -90,9 +101,10 @@ pub mod prelude {
 macro_rules! export_channel {
     ($channel:ty) => {
         const _: () = {
-            // wit-bindgen's export macro takes a type name, not a path.
+            // wit-bindgen's export macro (named for the world, `plugin`, and
+            // exported at the crate root) takes a type name, not a path.
             type Exported = $crate::Adapter<$channel>;
-            $crate::__export_channel_impl! { Exported with_types_in $crate::bindings }
+            $crate::__export_plugin_impl! { Exported with_types_in $crate::bindings }
         };
     };
 }
@@ -103,10 +115,11 @@ macro_rules! export_channel {
 #[allow(unsafe_code, missing_docs, clippy::all, clippy::unwrap_used)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "channel",
-        path: "../wit/v0.1",
+        world: "plugin",
+        // A copy of the repository's wit/channel.wit, so the crate builds on
+        // its own (a test in the host checks the two are the same).
+        path: "wit",
         pub_export_macro: true,
-        export_macro_name: "__export_channel_impl",
         default_bindings_module: "roost_guest::bindings",
     });
 }

@@ -1,10 +1,10 @@
 //! Writing to the host's log from a channel.
 //!
-//! Each function sends one line through the WIT `host.log` import; the host
+//! Each function sends one line through the WIT `log` import; the host
 //! tags it with the app, the plugin and the topic. Format the message first:
 //! `log::info(format!("{user} joined"))`.
 
-use crate::bindings::roost::channel::{host, types::Level};
+use crate::bindings::roost::channel::{log as host, types::Level};
 
 /// Logs `message` at `trace` level.
 pub fn trace(message: impl AsRef<str>) {

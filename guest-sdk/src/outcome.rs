@@ -35,9 +35,12 @@ impl Joined {
         &self.response
     }
 
-    /// The WIT outcome of a successful join.
-    pub(crate) fn into_wit(self, assigns: Option<String>) -> wit::Outcome {
-        reply("ok", self.response).into_wit(assigns)
+    /// The WIT result of a successful join.
+    pub(crate) fn into_wit(self, assigns: Option<String>) -> wit::Joined {
+        wit::Joined {
+            response: self.response.into(),
+            assigns,
+        }
     }
 }
 
@@ -193,11 +196,10 @@ mod tests {
     }
 
     #[test]
-    fn default_join_replies_ok_with_an_empty_object() {
-        let wire = Joined::default().into_wit(None);
-        let reply = wire.reply.expect("a reply");
-        assert_eq!(reply.status, "ok");
-        assert_eq!(json_text(&reply.response), "{}");
+    fn default_join_replies_with_an_empty_object() {
+        let wire = Joined::default().into_wit(Some(r#"{"a":1}"#.into()));
+        assert_eq!(json_text(&wire.response), "{}");
+        assert_eq!(wire.assigns.as_deref(), Some(r#"{"a":1}"#));
         assert_eq!(Joined::default(), Joined::reply(json!({})));
     }
 }

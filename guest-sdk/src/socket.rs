@@ -1,38 +1,56 @@
 //! The context of one callback: who is on the channel, its state, and what
 //! the channel may ask of the host.
 //!
-//! A [`Socket`] is built from the WIT `context` for each call and dropped when
-//! the call returns: the channel's lasting state is its assigns, which the
-//! host stores and hands back on the next call. Claims and assigns arrive as
-//! JSON text and are parsed only when the channel reads them, so a callback
-//! that never looks at them pays nothing. Host calls (`push`, `broadcast`, …)
-//! go straight to the WIT imports; the host applies them in call order once
-//! the callback returns.
+//! A [`Socket`] is made for each call and dropped when the call returns: the
+//! channel's lasting state is its assigns, which the host stores and offers
+//! on the next call. The host hands the context over only as the callback
+//! asks for it (the WIT `context` interface), and claims and assigns are
+//! parsed only on first read, so a callback that never looks at them pays
+//! for neither. Host calls (`push`, `broadcast`, timers, …) go straight to
+//! the WIT imports; the host applies them in call order once the callback
+//! returns.
 //!
 //! Presence ([`Socket::track`], [`Socket::untrack`],
 //! [`Socket::presence_list`], [`Socket::push_presence_state`]) is kept by the
 //! host per topic, as Phoenix.Presence is: tracking takes effect at once (a
 //! list in the same callback shows it), and its `presence_diff` broadcast
 //! goes out in call order with the other effects.
+//!
+//! Timers ([`Socket::send_after`]) are Phoenix's `Process.send_after` and
+//! `send(self(), msg)`: the message comes back to
+//! [`Channel::handle_info`](crate::Channel::handle_info).
 
 use std::cell::OnceCell;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::bindings::roost::channel::{host, types as wit};
+use crate::bindings::roost::channel::{channel, context, presence, timers, types as wit};
 use crate::payload::Payload;
+
+/// A pending timer of this channel, from [`Socket::send_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimerId(u64);
+
+impl TimerId {
+    /// The id as a number, to keep in the assigns (which outlive a call).
+    pub fn to_raw(self) -> u64 {
+        self.0
+    }
+
+    /// The id of a number [`to_raw`](Self::to_raw) gave.
+    pub fn from_raw(raw: u64) -> Self {
+        Self(raw)
+    }
+}
 
 /// One joined channel as seen from a callback: Phoenix's `socket`.
 #[derive(Debug)]
 pub struct Socket {
-    app: String,
-    topic: String,
-    socket_id: Option<String>,
-    /// Token claims as the host sent them; parsed into `claims` on first read.
-    claims_text: String,
+    app: OnceCell<String>,
+    topic: OnceCell<String>,
+    socket_id: OnceCell<Option<String>>,
     claims: OnceCell<Value>,
-    /// Assigns as the host sent them; parsed into `assigns` on first use.
-    assigns_text: String,
     assigns: OnceCell<Value>,
     /// Whether [`Socket::assign`] was called, i.e. whether the host must store
     /// new assigns (the outcome carries `none` otherwise).
@@ -40,65 +58,84 @@ pub struct Socket {
 }
 
 impl Socket {
+    /// The socket of a `join`: the topic is known, the assigns start empty.
+    pub(crate) fn joining(topic: String) -> Self {
+        Self {
+            topic: OnceCell::from(topic),
+            assigns: OnceCell::from(Value::Object(Map::new())),
+            ..Self::joined()
+        }
+    }
+
+    /// The socket of a call on a joined channel: everything read on demand.
+    pub(crate) fn joined() -> Self {
+        Self {
+            app: OnceCell::new(),
+            topic: OnceCell::new(),
+            socket_id: OnceCell::new(),
+            claims: OnceCell::new(),
+            assigns: OnceCell::new(),
+            assigns_changed: false,
+        }
+    }
+
     /// The app's name from the server config.
     pub fn app(&self) -> &str {
-        &self.app
+        self.app.get_or_init(context::app)
     }
 
     /// The channel's topic, e.g. `room:lobby`.
     pub fn topic(&self) -> &str {
-        &self.topic
+        self.topic.get_or_init(context::topic)
     }
 
     /// The socket's id (`users_socket:<sub>`), when its token carries `sub`.
     pub fn socket_id(&self) -> Option<&str> {
-        self.socket_id.as_deref()
+        self.socket_id.get_or_init(context::socket_id).as_deref()
     }
 
     /// The verified token claims: a JSON object, `{}` for anonymous sockets.
     pub fn claims(&self) -> &Value {
         self.claims
-            .get_or_init(|| Value::Object(parse_object(&self.claims_text)))
+            .get_or_init(|| Value::Object(parse_object(&context::claims())))
     }
 
     /// This channel's state: a JSON object, `{}` until the first
     /// [`assign`](Self::assign) (during `join`, typically).
     pub fn assigns(&self) -> &Value {
         self.assigns
-            .get_or_init(|| Value::Object(parse_object(&self.assigns_text)))
+            .get_or_init(|| Value::Object(parse_object(&context::assigns())))
     }
 
     /// Sets `assigns[key]`; the host stores the new assigns when the callback
     /// returns and passes them to every later call on this channel.
     pub fn assign(&mut self, key: impl Into<String>, value: impl Into<Value>) {
-        let mut assigns = match self.assigns.take() {
-            Some(Value::Object(map)) => map,
-            _ => parse_object(&self.assigns_text),
-        };
-        assigns.insert(key.into(), value.into());
-        self.assigns = OnceCell::from(Value::Object(assigns));
+        self.assigns();
+        if let Some(Value::Object(assigns)) = self.assigns.get_mut() {
+            assigns.insert(key.into(), value.into());
+        }
         self.assigns_changed = true;
     }
 
     /// Sends `event` to this channel's client only.
     pub fn push(&self, event: &str, payload: impl Into<Payload>) {
-        host::push(event, &payload.into().into());
+        channel::push(event, &payload.into().into());
     }
 
     /// Sends `event` to every subscriber of this channel's topic, this
     /// channel's client included.
     pub fn broadcast(&self, event: &str, payload: impl Into<Payload>) {
-        self.broadcast_to(&self.topic, event, payload);
+        self.broadcast_to(self.topic(), event, payload);
     }
 
     /// Sends `event` to every subscriber of `topic` (a topic of this app).
     pub fn broadcast_to(&self, topic: &str, event: &str, payload: impl Into<Payload>) {
-        host::broadcast(topic, event, &payload.into().into());
+        channel::broadcast(topic, event, &payload.into().into());
     }
 
     /// As [`broadcast`](Self::broadcast), skipping this channel's client.
     pub fn broadcast_from(&self, event: &str, payload: impl Into<Payload>) {
-        host::broadcast_from(&self.topic, event, &payload.into().into());
+        channel::broadcast_from(self.topic(), event, &payload.into().into());
     }
 
     /// Tracks `key` (a user id, say) as present on this channel's topic,
@@ -120,65 +157,76 @@ impl Socket {
     /// struct Room;
     ///
     /// impl Channel for Room {
-    ///     fn join(_topic: &str, payload: Payload, socket: &mut Socket) -> JoinResult {
-    ///         let user = payload["user"].as_str().unwrap_or("anonymous").to_owned();
-    ///         socket.track(&user, json!({ "status": "online" }));
-    ///         // The client's `Presence` syncs from this push and the diffs.
-    ///         socket.push_presence_state();
+    ///     fn join(_topic: &str, _payload: Payload, socket: &mut Socket) -> JoinResult {
+    ///         // Track after the join reply, as Phoenix's `:after_join`.
+    ///         socket.send_after(std::time::Duration::ZERO, json!("after_join")).ok();
     ///         Ok(Joined::default())
+    ///     }
+    ///
+    ///     fn handle_info(message: Value, socket: &mut Socket) -> Outcome {
+    ///         if message == "after_join" {
+    ///             socket.track("ada", json!({ "status": "online" }));
+    ///             // The client's `Presence` syncs from this push and the diffs.
+    ///             socket.push_presence_state();
+    ///         }
+    ///         noreply()
     ///     }
     /// }
     /// # export_channel!(Room);
     /// ```
     pub fn track(&self, key: &str, meta: Value) {
-        host::presence_track(key, &meta.to_string());
+        presence::track(key, &meta.to_string());
     }
 
     /// Stops tracking `key` for this channel (a `presence_diff` with the
     /// leave); nothing if this channel does not track it.
     pub fn untrack(&self, key: &str) {
-        host::presence_untrack(key);
+        presence::untrack(key);
     }
 
     /// Who is present on this channel's topic, as the `presence_state`
     /// payload: `{"<key>": {"metas": [{"phx_ref": …, …meta}, …]}, …}`,
     /// including what this callback tracked.
     pub fn presence_list(&self) -> Value {
-        presence_state(&host::presence_list())
+        presence_state(&presence::list())
     }
 
     /// Pushes the topic's presences to this channel's client as
     /// `presence_state`, which the phoenix.js `Presence` class waits for
-    /// before it applies diffs. Call it in [`Channel::join`](crate::Channel::join)
-    /// (the push follows the join reply), after tracking.
+    /// before it applies diffs.
     pub fn push_presence_state(&self) {
         // The host's JSON text goes back as it is: no parse, no re-encode.
-        host::push(PRESENCE_STATE, &wit::Payload::Json(host::presence_list()));
+        channel::push(PRESENCE_STATE, &wit::Payload::Json(presence::list()));
+    }
+
+    /// Sends this channel `message` after `delay`: the host then calls
+    /// [`Channel::handle_info`](crate::Channel::handle_info) with it, on the
+    /// channel's assigns and code as they are then. A zero delay runs right
+    /// after this callback's effects (a `join` can defer work past its
+    /// reply). The timer goes with the channel when it ends. Fails when the
+    /// channel or its app has too many pending timers.
+    pub fn send_after(
+        &self,
+        delay: Duration,
+        message: impl Into<Value>,
+    ) -> Result<TimerId, String> {
+        let delay_ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+        timers::send_after(delay_ms, &message.into().to_string()).map(TimerId)
+    }
+
+    /// Cancels a pending timer; `false` if it already fired or is unknown.
+    pub fn cancel_timer(&self, id: TimerId) -> bool {
+        timers::cancel_timer(id.0)
     }
 
     /// This server's node name from the config (asks the host on each call).
     pub fn node_name(&self) -> String {
-        host::node_name()
+        channel::node_name()
     }
 
     /// The assigns to hand back to the host: `Some` only if they changed.
     pub(crate) fn changed_assigns(&self) -> Option<String> {
         self.assigns_changed.then(|| self.assigns().to_string())
-    }
-}
-
-impl From<wit::Context> for Socket {
-    fn from(ctx: wit::Context) -> Self {
-        Self {
-            app: ctx.app,
-            topic: ctx.topic,
-            socket_id: ctx.socket_id,
-            claims_text: ctx.claims,
-            claims: OnceCell::new(),
-            assigns_text: ctx.assigns,
-            assigns: OnceCell::new(),
-            assigns_changed: false,
-        }
     }
 }
 
@@ -205,14 +253,16 @@ mod tests {
 
     use super::*;
 
+    /// A socket whose context is already read (no host to ask in tests).
     fn socket(claims: &str, assigns: &str) -> Socket {
-        Socket::from(wit::Context {
-            app: "demo".into(),
-            topic: "room:lobby".into(),
-            socket_id: Some("users_socket:42".into()),
-            claims: claims.into(),
-            assigns: assigns.into(),
-        })
+        Socket {
+            app: OnceCell::from("demo".to_owned()),
+            topic: OnceCell::from("room:lobby".to_owned()),
+            socket_id: OnceCell::from(Some("users_socket:42".to_owned())),
+            claims: OnceCell::from(Value::Object(parse_object(claims))),
+            assigns: OnceCell::from(Value::Object(parse_object(assigns))),
+            assigns_changed: false,
+        }
     }
 
     #[test]

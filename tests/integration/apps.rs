@@ -24,6 +24,7 @@ fn config(extra_beta: &str) -> String {
         mount = "/alpha"
         api_keys = ["value:{ALPHA_KEY}"]
         check_origin = ["https://alpha.example"]
+        capabilities = {{ kv = true }}
         [apps.alpha.routes]
         "room:*" = "{room}"
         "ping" = "{ping}"
@@ -32,6 +33,7 @@ fn config(extra_beta: &str) -> String {
         mount = "/beta"
         secrets = ["value:{BETA_NEXT_SECRET}", "value:{BETA_SECRET}"]
         api_keys = ["value:beta-api-key-0123456789"]
+        capabilities = {{ kv = true }}
         {extra_beta}
         [apps.beta.routes]
         "room:*" = "{room}"
@@ -108,6 +110,8 @@ async fn apps_with_the_same_topic_do_not_see_each_other() {
             r#"["1","1","room:same","phx_reply",{"response":{"channel":"room:same"},"status":"ok"}]"#,
         )
         .await;
+        c.expect(r#"["1",null,"room:same","history",{"messages":[]}]"#)
+            .await;
         c.expect_masked(&mut refs, &format!(r#"["1",null,"room:same","presence_state",{{"u":{{"metas":[{{"online_at":T,"phx_ref":"{r}"}}]}}}}]"#)).await;
         c.expect_masked(&mut refs, &format!(r#"[null,null,"room:same","presence_diff",{{"joins":{{"u":{{"metas":[{{"online_at":T,"phx_ref":"{r}"}}]}}}},"leaves":{{}}}}]"#)).await;
     }
@@ -185,7 +189,10 @@ async fn valid_tokens_connect_and_their_claims_reach_the_guest() {
     let server = TestServer::with_config(&config("")).await;
     let mut refs = Refs::default();
     // Either secret verifies (rotation).
-    for (secret, r) in [(BETA_SECRET, "ref1"), (BETA_NEXT_SECRET, "ref2")] {
+    for (round, (secret, r)) in [(BETA_SECRET, "ref1"), (BETA_NEXT_SECRET, "ref2")]
+        .into_iter()
+        .enumerate()
+    {
         let token = beta_token(secret, "42");
         let mut c = ws_status(
             &server,
@@ -199,6 +206,17 @@ async fn valid_tokens_connect_and_their_claims_reach_the_guest() {
             r#"["1","1","room:t","phx_reply",{"response":{"channel":"room:t"},"status":"ok"}]"#,
         )
         .await;
+        // The room's history: the first round's message, in the second.
+        let history: serde_json::Value = serde_json::from_str(&c.recv_text().await).expect("JSON");
+        assert_eq!(history[3], "history");
+        let messages = history[4]["messages"].as_array().expect("messages").clone();
+        assert_eq!(messages.len(), round, "{history}");
+        if let Some(first) = messages.first() {
+            assert_eq!(
+                (&first["id"], &first["content"], &first["user"]),
+                (&json!(1), &json!("hi"), &json!({ "username": "user 42" }))
+            );
+        }
         // The token's username is the presence key too.
         c.expect_masked(&mut refs, &format!(r#"["1",null,"room:t","presence_state",{{"user 42":{{"metas":[{{"online_at":T,"phx_ref":"{r}"}}]}}}}]"#)).await;
         c.expect_masked(&mut refs, &format!(r#"[null,null,"room:t","presence_diff",{{"joins":{{"user 42":{{"metas":[{{"online_at":T,"phx_ref":"{r}"}}]}}}},"leaves":{{}}}}]"#)).await;
@@ -332,6 +350,8 @@ async fn api_broadcasts_reach_subscribers_and_intercepts() {
     )
     .await;
     let mut refs = Refs::default();
+    c.expect(r#"["2",null,"room:api","history",{"messages":[]}]"#)
+        .await;
     c.expect_masked(
         &mut refs,
         r#"["2",null,"room:api","presence_state",{"api":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,

@@ -7,6 +7,30 @@ use roost_tests::{Refs, TestServer};
 #[tokio::test]
 async fn seed_transcript_replays_exactly() {
     let server = TestServer::demo().await;
+    replay_seed_transcript(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_ping_built_against_the_0_1_contract_replays_the_transcript_unchanged() {
+    let config = roost_tests::demo_config().replace(
+        &roost_tests::plugin("ping").display().to_string(),
+        &roost_tests::plugin("ping_v01").display().to_string(),
+    );
+    let server = TestServer::with_config(&config).await;
+    let slot = server
+        .app("/socket")
+        .state()
+        .router()
+        .route("ping")
+        .cloned();
+    assert_eq!(slot.map(|s| s.status().wit_version), Some("0.1.0"));
+    replay_seed_transcript(&server).await;
+    server.stop().await;
+}
+
+/// The tutorial's ping session, frame by frame.
+async fn replay_seed_transcript(server: &TestServer) {
     let mut c = server.connect_v2().await;
     c.call(
         r#"["1","1","ping","phx_join",{}]"#,
@@ -40,7 +64,6 @@ async fn seed_transcript_replays_exactly() {
         r#"[null,"6","ping","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]"#,
     )
     .await;
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -187,13 +210,16 @@ async fn room_chat_broadcasts_between_sockets_and_keeps_rooms_apart() {
     let mut bob = server.connect_v2().await;
     let mut carol = server.connect_v2().await;
     let mut refs = Refs::default();
-    // Each join is followed by the room's presence (a named joiner
-    // included), then a named joiner's presence_diff to the whole room.
+    // Each join is followed by the room's history, its presence (a named
+    // joiner included), then a named joiner's presence_diff to the room.
     alice
         .call(
             r#"["1","1","room:lobby","phx_join",{"username":"alice"}]"#,
             r#"["1","1","room:lobby","phx_reply",{"response":{"channel":"room:lobby"},"status":"ok"}]"#,
         )
+        .await;
+    alice
+        .expect(r#"["1",null,"room:lobby","history",{"messages":[]}]"#)
         .await;
     alice
         .expect_masked(
@@ -213,6 +239,8 @@ async fn room_chat_broadcasts_between_sockets_and_keeps_rooms_apart() {
     )
     .await;
     // An anonymous reader sees who is in the room but is not listed itself.
+    bob.expect(r#"["2",null,"room:lobby","history",{"messages":[]}]"#)
+        .await;
     bob.expect_masked(
         &mut refs,
         r#"["2",null,"room:lobby","presence_state",{"alice":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,
@@ -223,6 +251,9 @@ async fn room_chat_broadcasts_between_sockets_and_keeps_rooms_apart() {
             r#"["3","3","room:other","phx_join",{"username":"carol"}]"#,
             r#"["3","3","room:other","phx_reply",{"response":{"channel":"room:other"},"status":"ok"}]"#,
         )
+        .await;
+    carol
+        .expect(r#"["3",null,"room:other","history",{"messages":[]}]"#)
         .await;
     carol
         .expect_masked(
@@ -281,6 +312,8 @@ async fn leave_closes_the_channel_and_stops_delivery() {
         r#"["1","1","room:1","phx_reply",{"response":{"channel":"room:1"},"status":"ok"}]"#,
     )
     .await;
+    a.expect(r#"["1",null,"room:1","history",{"messages":[]}]"#)
+        .await;
     a.expect_masked(
         &mut refs,
         r#"["1",null,"room:1","presence_state",{"dup":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,
@@ -294,6 +327,8 @@ async fn leave_closes_the_channel_and_stops_delivery() {
     )
     .await;
     // Two sockets of one user: one key, two metas.
+    b.expect(r#"["1",null,"room:1","history",{"messages":[]}]"#)
+        .await;
     b.expect_masked(
         &mut refs,
         r#"["1",null,"room:1","presence_state",{"dup":{"metas":[{"online_at":T,"phx_ref":"ref1"},{"online_at":T,"phx_ref":"ref2"}]}}]"#,

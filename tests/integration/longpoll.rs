@@ -124,11 +124,12 @@ async fn a_waiting_poll_returns_when_a_message_arrives() {
     p.open().await;
     p.post(&[r#"["1","1","room:lp","phx_join",{"username":"lp"}]"#])
         .await;
-    let joined: Vec<String> = p.messages(3).await.iter().map(|m| refs.mask(m)).collect();
+    let joined: Vec<String> = p.messages(4).await.iter().map(|m| refs.mask(m)).collect();
     assert_eq!(
         joined,
         [
             r#"["1","1","room:lp","phx_reply",{"response":{"channel":"room:lp"},"status":"ok"}]"#,
+            r#"["1",null,"room:lp","history",{"messages":[]}]"#,
             r#"["1",null,"room:lp","presence_state",{"lp":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,
             r#"[null,null,"room:lp","presence_diff",{"joins":{"lp":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}},"leaves":{}}]"#,
         ]
@@ -139,6 +140,8 @@ async fn a_waiting_poll_returns_when_a_message_arrives() {
         r#"["1","1","room:lp","phx_reply",{"response":{"channel":"room:lp"},"status":"ok"}]"#,
     )
     .await;
+    ws.expect(r#"["1",null,"room:lp","history",{"messages":[]}]"#)
+        .await;
     ws.expect_masked(
         &mut refs,
         r#"["1",null,"room:lp","presence_state",{"lp":{"metas":[{"online_at":T,"phx_ref":"ref1"},{"online_at":T,"phx_ref":"ref2"}]}}]"#,
@@ -296,6 +299,8 @@ async fn a_session_without_polls_expires_and_its_channels_terminate() {
         r#"["1","1","room:exp","phx_reply",{"response":{"channel":"room:exp"},"status":"ok"}]"#,
     )
     .await;
+    ws.expect(r#"["1",null,"room:exp","history",{"messages":[]}]"#)
+        .await;
     ws.expect_masked(
         &mut refs,
         r#"["1",null,"room:exp","presence_state",{"ws":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}]"#,

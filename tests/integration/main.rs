@@ -8,4 +8,6 @@ mod presence;
 mod protocol;
 mod reload;
 mod sandbox;
+mod storage;
+mod timers;
 mod web;

@@ -27,6 +27,10 @@ async fn join_room(
         ),
     )
     .await;
+    c.expect(&format!(
+        r#"["{join_ref}",null,"{topic}","history",{{"messages":[]}}]"#
+    ))
+    .await;
     c.expect_masked(
         refs,
         &format!(r#"["{join_ref}",null,"{topic}","presence_state",{state}]"#),
@@ -218,18 +222,24 @@ async fn a_duplicate_join_replaces_the_old_channels_presence() {
 
     // The same socket joins again: the old channel's meta leaves before
     // the new join tracks, so the new state has the new meta only.
+    // On the wire: the new reply, the old channel's phx_close, then what
+    // the new channel sends after its join (history, state, its diff).
     let ada_again = r#"{"joins":{"ada":{"metas":[{"online_at":T,"phx_ref":"ref3"}]}},"leaves":{}}"#;
-    join_room(
-        &mut ada,
-        &mut refs,
-        "5",
-        "room:d",
-        "ada",
-        r#"{"ada":{"metas":[{"online_at":T,"phx_ref":"ref3"}]},"bob":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}}"#,
-        ada_again,
+    ada.call(
+        r#"["5","5","room:d","phx_join",{"username":"ada"}]"#,
+        r#"["5","5","room:d","phx_reply",{"response":{"channel":"room:d"},"status":"ok"}]"#,
     )
     .await;
     ada.expect(r#"["1","1","room:d","phx_close",{}]"#).await;
+    ada.expect(r#"["5",null,"room:d","history",{"messages":[]}]"#)
+        .await;
+    ada.expect_masked(
+        &mut refs,
+        r#"["5",null,"room:d","presence_state",{"ada":{"metas":[{"online_at":T,"phx_ref":"ref3"}]},"bob":{"metas":[{"online_at":T,"phx_ref":"ref2"}]}}]"#,
+    )
+    .await;
+    ada.expect_masked(&mut refs, &diff("room:d", ada_again))
+        .await;
     bob.expect_masked(
         &mut refs,
         &diff(
@@ -482,7 +492,7 @@ async fn a_removed_route_takes_its_channels_presence() {
     let config = dir.path().join("roost.toml");
     let text = |routes: &str| {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[apps.demo]\nmount = \"/socket\"\n[apps.demo.routes]\n\"ping\" = \"{}\"\n{routes}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[apps.demo]\nmount = \"/socket\"\ncapabilities = {{ kv = true }}\n[apps.demo.routes]\n\"ping\" = \"{}\"\n{routes}",
             plugin("ping").display()
         )
     };

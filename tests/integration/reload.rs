@@ -232,7 +232,7 @@ async fn config_changes_go_live_and_bad_ones_are_refused() {
 
     // An app added: it answers on its mount.
     let extra_app = format!(
-        "[apps.second]\nmount = \"/second\"\n[apps.second.routes]\n\"room:*\" = \"{}\"\n",
+        "[apps.second]\nmount = \"/second\"\ncapabilities = {{ kv = true }}\n[apps.second.routes]\n\"room:*\" = \"{}\"\n",
         room.display()
     );
     site.write_config(&site.config_text("", &extra_app));
@@ -299,4 +299,73 @@ async fn compiled_plugins_are_cached_across_restarts() {
         "the restart did not recompile"
     );
     second.stop().await;
+}
+
+#[tokio::test]
+async fn a_pending_timer_survives_a_swap_and_fires_into_the_new_code() {
+    let site = Site::new("a");
+    let server = TestServer::from_file(&site.config()).await;
+    let mut c = joined(&server).await;
+    c.call(
+        r#"["1","2","counter:1","tick",{"delay_ms":800}]"#,
+        r#"["1","2","counter:1","phx_reply",{"response":{"set":true},"status":"ok"}]"#,
+    )
+    .await;
+    let slot = slot(&server, "counter:1");
+    let before = slot.status().version;
+    install(&site.plugin(), "b", false);
+    wait_for("the swap", || slot.status().version != before).await;
+    c.expect(r#"["1",null,"counter:1","tock",{"fired_in":"b","set_by":"a"}]"#)
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_route_swaps_between_a_0_1_build_and_a_0_2_build_and_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let routed = dir.path().join("ping.wasm");
+    let put = |name: &str| {
+        let tmp = dir.path().join("ping.tmp");
+        std::fs::copy(plugin(name), &tmp).expect("copy");
+        std::fs::rename(&tmp, &routed).expect("rename");
+    };
+    put("ping_v01");
+    let config = dir.path().join("roost.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[apps.demo]\nmount = \"/socket\"\n[apps.demo.routes]\n\"ping\" = \"ping.wasm\"\n",
+    )
+    .expect("write config");
+    let server = TestServer::from_file(&config).await;
+    let slot = slot(&server, "ping");
+    assert_eq!(slot.status().wit_version, "0.1.0");
+    let mut c = server.connect_v2().await;
+    c.call(
+        r#"["1","1","ping","phx_join",{}]"#,
+        r#"["1","1","ping","phx_reply",{"response":{},"status":"ok"}]"#,
+    )
+    .await;
+    let mut n = 2;
+    for (build, wit) in [("ping", "0.2.0"), ("ping_v01", "0.1.0"), ("ping", "0.2.0")] {
+        put(build);
+        wait_for("the swap", || slot.status().wit_version == wit).await;
+        // The same joined channel, served by either contract.
+        c.call(
+            &format!(r#"["1","{n}","ping","ping",{{"ack_phrase":"{wit}"}}]"#),
+            &format!(
+                r#"["1","{n}","ping","phx_reply",{{"response":{{"ping":"{wit}"}},"status":"ok"}}]"#
+            ),
+        )
+        .await;
+        n += 1;
+    }
+    // Only the 0.2 build has timers.
+    c.call(
+        &format!(r#"["1","{n}","ping","ping_after",{{"delay_ms":10}}]"#),
+        &format!(r#"["1","{n}","ping","phx_reply",{{"response":{{}},"status":"ok"}}]"#),
+    )
+    .await;
+    c.expect(r#"["1",null,"ping","pong_later",{"delay_ms":10}]"#)
+        .await;
+    server.stop().await;
 }

@@ -15,6 +15,7 @@ fn config(limits: &str) -> String {
 
         [apps.demo]
         mount = "/socket"
+        capabilities = {{ kv = true }}
         [apps.demo.routes]
         "ping" = "{ping}"
         "fixture:*" = "{fixture}"

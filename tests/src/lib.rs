@@ -29,7 +29,8 @@ pub fn plugin(name: &str) -> PathBuf {
 }
 
 /// The sample `demo` app on `/socket`: ping, wildcard and room chat, plus
-/// the `fixture` test plugin on `fixture:*`.
+/// the `fixture` test plugin on `fixture:*` and the `store` one (key-value
+/// storage on request) on `store:*`; the app grants storage.
 pub fn demo_config() -> String {
     demo_config_with("")
 }
@@ -50,11 +51,16 @@ pub fn demo_config_with(limits: &str) -> String {
         "wild:*" = "{wild}"
         "room:*" = "{room}"
         "fixture:*" = "{fixture}"
+        "store:*" = "{store}"
+
+        [apps.demo.capabilities]
+        kv = true
 
         [apps.demo.limits]
         {limits}
         "#,
         fixture = plugin("fixture").display(),
+        store = plugin("store").display(),
         ping = plugin("ping").display(),
         wild = plugin("wildcard").display(),
         room = plugin("room_chat").display(),
@@ -66,6 +72,8 @@ pub fn demo_config_with(limits: &str) -> String {
 pub struct TestServer {
     pub addr: SocketAddr,
     running: Option<Running>,
+    /// The server's `data_dir` (its key-value store), removed with it.
+    data: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -76,12 +84,25 @@ impl TestServer {
 
     /// Starts a server from a config file, which it then watches.
     pub async fn from_file(path: &std::path::Path) -> Self {
-        let config = Config::load(path).expect("test config is valid");
+        Self::start(Config::load(path).expect("test config is valid")).await
+    }
+
+    /// Starts a server from a config, with a fresh `data_dir` of its own
+    /// (so no test sees another's stored data).
+    pub async fn start(mut config: Config) -> Self {
+        let data = tempfile::tempdir().expect("a temp dir");
+        config.server.data_dir = data.path().to_owned();
         let running = server::start(config).await.expect("server starts");
         Self {
             addr: running.addr,
             running: Some(running),
+            data,
         }
+    }
+
+    /// Where the server's key-value store lives.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data.path()
     }
 
     /// The running server's shared state.
@@ -91,12 +112,7 @@ impl TestServer {
 
     /// Starts a server from config text (plugin paths absolute).
     pub async fn with_config(text: &str) -> Self {
-        let config = Config::parse(text, ".".as_ref()).expect("test config is valid");
-        let running = server::start(config).await.expect("server starts");
-        Self {
-            addr: running.addr,
-            running: Some(running),
-        }
+        Self::start(Config::parse(text, ".".as_ref()).expect("test config is valid")).await
     }
 
     /// Connects a WebSocket client to `path` (with its query).

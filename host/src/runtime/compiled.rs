@@ -71,7 +71,9 @@ impl Compiled {
             Err(_) => Pre::V01(
                 v01::ChannelPre::new(instance_pre)
                     .map_err(super::anyhow_error)
-                    .context("the component exports neither roost:channel/handler@0.2.0 nor @0.1.0")?,
+                    .context(
+                        "the component exports neither roost:channel/handler@0.2.0 nor @0.1.0",
+                    )?,
             ),
         };
         let imports = component

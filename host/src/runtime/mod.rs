@@ -37,10 +37,10 @@ use anyhow::Context as _;
 use wasmtime::component::Linker;
 use wasmtime::{Cache, CacheConfig, Config, Engine};
 
-pub use store::{Effect, Outcome, StoreData, TimerBudget};
 pub use compiled::{Compiled, content_hash};
 pub use plugin::{CallContext, Called, Plugin, PluginError};
 pub use slot::{PluginSlot, SlotStatus};
+pub use store::{Effect, Outcome, StoreData, TimerBudget};
 
 /// How often the engine's epoch advances. A running guest is checked against
 /// its deadline (and yields to other tasks) once per tick, so this bounds how

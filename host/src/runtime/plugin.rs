@@ -423,8 +423,16 @@ impl Warm {
         store.set_epoch_deadline(1);
         let instantiate = |e: wasmtime::Error| PluginError::Instantiate(format!("{e:#}"));
         let guest = match pre {
-            Pre::V01(pre) => Guest::V01(pre.instantiate_async(&mut store).await.map_err(instantiate)?),
-            Pre::V02(pre) => Guest::V02(pre.instantiate_async(&mut store).await.map_err(instantiate)?),
+            Pre::V01(pre) => Guest::V01(
+                pre.instantiate_async(&mut store)
+                    .await
+                    .map_err(instantiate)?,
+            ),
+            Pre::V02(pre) => Guest::V02(
+                pre.instantiate_async(&mut store)
+                    .await
+                    .map_err(instantiate)?,
+            ),
         };
         Ok(Self { store, guest })
     }
@@ -442,8 +450,18 @@ impl Warm {
         warm.store.data_mut().budget = limits.call_deadline;
         let Warm { store, guest } = &mut warm;
         let result = match guest {
-            Guest::V01(channel) => channel.roost_channel_handler().call_intercepts(&mut *store).await,
-            Guest::V02(plugin) => plugin.roost_channel_handler().call_intercepts(&mut *store).await,
+            Guest::V01(channel) => {
+                channel
+                    .roost_channel_handler()
+                    .call_intercepts(&mut *store)
+                    .await
+            }
+            Guest::V02(plugin) => {
+                plugin
+                    .roost_channel_handler()
+                    .call_intercepts(&mut *store)
+                    .await
+            }
         };
         Ok(warm.finish(result)?.0.value)
     }

@@ -374,9 +374,10 @@ impl StoreData {
     /// The app's storage and the time left for a storage call, or why the
     /// call cannot use storage.
     pub(super) fn storage(&self) -> Result<(Kv, tokio::time::Instant), KvError> {
-        let kv = self.kv.clone().ok_or_else(|| {
-            KvError::Invalid("the app does not grant the kv capability".into())
-        })?;
+        let kv = self
+            .kv
+            .clone()
+            .ok_or_else(|| KvError::Invalid("the app does not grant the kv capability".into()))?;
         Ok((kv, tokio::time::Instant::from_std(self.deadline)))
     }
 

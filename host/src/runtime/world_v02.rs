@@ -18,8 +18,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use roost::channel::types as wit;
 use roost::channel::kv::Error as WitKvError;
+pub use roost::channel::types as wit;
 
 /// The interface a component imports for storage, as component imports name it.
 pub const KV_INTERFACE: &str = "roost:channel/kv@0.2.0";
@@ -136,10 +136,7 @@ impl roost::channel::kv::Host for StoreData {
         store::within(deadline, kv.get(key)).await.map_err(kv_error)
     }
 
-    async fn get_many(
-        &mut self,
-        keys: Vec<String>,
-    ) -> Result<Vec<Option<Vec<u8>>>, WitKvError> {
+    async fn get_many(&mut self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, WitKvError> {
         let (kv, deadline) = self.storage().map_err(kv_error)?;
         store::within(deadline, kv.get_many(keys))
             .await

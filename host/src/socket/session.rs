@@ -22,7 +22,7 @@
 //! [`detach`]: Session::detach
 //! [`conclude`]: Session::conclude
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,8 +52,18 @@ struct Joined {
     assigns: Arc<str>,
     /// Owns the presence entries the channel tracks.
     owner: Owner,
-    /// The channel's pending timers: id → its place in the socket's queue.
-    timers: HashMap<u64, delay_queue::Key>,
+    /// The channel's pending timers, by id.
+    timers: HashMap<u64, Pending>,
+}
+
+/// Where a pending timer waits.
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    /// In the socket's timer queue.
+    Queued(delay_queue::Key),
+    /// A zero delay: in the socket's due list, which runs before the next
+    /// client message is read (Phoenix's `send(self(), msg)`).
+    Due,
 }
 
 /// A timer that fired: `handle_info(message)` on the channel of `topic`.
@@ -107,6 +117,8 @@ pub struct Session {
     /// Every channel's pending timers, made on the socket's first timer
     /// (an idle socket holds none).
     timers: Option<Box<DelayQueue<Fired>>>,
+    /// Zero-delay timers, in the order they were set.
+    due: VecDeque<Fired>,
     /// This connection's place in the server's and the app's limits.
     _permit: ConnectionPermit,
 }
@@ -132,6 +144,7 @@ impl Session {
             mailbox,
             channels: HashMap::new(),
             timers: None,
+            due: VecDeque::new(),
             _permit: permit,
         }
     }
@@ -215,15 +228,21 @@ impl Session {
 
     /// Whether any channel has a pending timer.
     pub fn has_timers(&self) -> bool {
-        self.timers.is_some()
+        self.timers.is_some() || !self.due.is_empty()
     }
 
-    /// The next timer to fire. Pending forever while none is set: the loop
-    /// only waits on it when [`has_timers`](Self::has_timers).
+    /// The next timer to fire: a due one at once, else the earliest queued.
+    /// Pending forever while none is set: the loop only waits on it when
+    /// [`has_timers`](Self::has_timers).
     pub async fn next_timer(&mut self) -> Fired {
+        if let Some(fired) = self.due.pop_front() {
+            return fired;
+        }
         poll_fn(|cx| match self.timers.as_mut() {
             Some(queue) => match queue.poll_expired(cx) {
-                std::task::Poll::Ready(Some(expired)) => std::task::Poll::Ready(expired.into_inner()),
+                std::task::Poll::Ready(Some(expired)) => {
+                    std::task::Poll::Ready(expired.into_inner())
+                }
                 _ => std::task::Poll::Pending,
             },
             None => std::task::Poll::Pending,
@@ -494,11 +513,12 @@ impl Session {
         self.app.pubsub().unsubscribe(topic, self.socket);
         self.untrack(topic, joined.owner);
         let pending = joined.timers.len();
-        if let Some(queue) = self.timers.as_mut() {
-            for (_, key) in joined.timers.drain() {
+        for (_, timer) in joined.timers.drain() {
+            if let (Pending::Queued(key), Some(queue)) = (timer, self.timers.as_mut()) {
                 queue.remove(&key);
             }
         }
+        self.due.retain(|fired| fired.topic != topic);
         self.app.timers().release(pending);
         self.drop_empty_queue();
         Some(joined)
@@ -593,23 +613,35 @@ impl Session {
                         self.app.timers().release(1);
                         continue;
                     };
-                    let queue = self.timers.get_or_insert_with(Default::default);
                     let fired = Fired {
                         topic: topic.to_owned(),
                         id,
                         message,
                     };
-                    joined.timers.insert(id, queue.insert(fired, delay));
+                    let timer = if delay.is_zero() {
+                        self.due.push_back(fired);
+                        Pending::Due
+                    } else {
+                        let queue = self.timers.get_or_insert_with(Default::default);
+                        Pending::Queued(queue.insert(fired, delay))
+                    };
+                    joined.timers.insert(id, timer);
                 }
                 Effect::CancelTimer { id } => {
-                    let key = self
+                    let timer = self
                         .channels
                         .get_mut(topic)
                         .and_then(|joined| joined.timers.remove(&id));
-                    if let (Some(key), Some(queue)) = (key, self.timers.as_mut()) {
-                        queue.remove(&key);
-                        self.app.timers().release(1);
+                    match timer {
+                        Some(Pending::Queued(key)) => {
+                            if let Some(queue) = self.timers.as_mut() {
+                                queue.remove(&key);
+                            }
+                        }
+                        Some(Pending::Due) => self.due.retain(|fired| fired.id != id),
+                        None => continue,
                     }
+                    self.app.timers().release(1);
                     self.drop_empty_queue();
                 }
             }

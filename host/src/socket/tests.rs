@@ -387,3 +387,57 @@ async fn intercepted_broadcasts_run_handle_out_from_the_mailbox() {
     assert!(mailbox.post_command(Command::Intercept(Arc::new(intercepted))));
     c.expect(r#"["1",null,"fixture:i","hello",{"n":1}]"#).await;
 }
+
+#[tokio::test]
+async fn a_zero_delay_timer_fires_after_the_reply_and_before_the_next_message() {
+    let app = fixture_app().await;
+    let (mut c, _, _) = connect(&app, &Shutdown::default());
+    c.call(
+        r#"["1","1","fixture:t","phx_join",{}]"#,
+        r#"["1","1","fixture:t","phx_reply",{"response":{},"status":"ok"}]"#,
+    )
+    .await;
+    c.send(r#"["1","2","fixture:t","defer",{}]"#);
+    c.send(r#"["1","3","fixture:t","get",{}]"#);
+    c.expect(r#"["1",null,"fixture:t","immediate",{}]"#).await;
+    c.expect(r#"["1","2","fixture:t","phx_reply",{"response":{"deferred":true},"status":"ok"}]"#)
+        .await;
+    c.expect(r#"["1",null,"fixture:t","deferred",{"assigns":{}}]"#)
+        .await;
+    c.expect(r#"["1","3","fixture:t","phx_reply",{"response":{},"status":"ok"}]"#)
+        .await;
+    assert_eq!(app.timers().pending(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delayed_timer_fires_on_time_and_goes_with_its_channel() {
+    let app = fixture_app().await;
+    let (mut c, _, _) = connect(&app, &Shutdown::default());
+    c.call(
+        r#"["1","1","fixture:d","phx_join",{}]"#,
+        r#"["1","1","fixture:d","phx_reply",{"response":{},"status":"ok"}]"#,
+    )
+    .await;
+    c.send(r#"["1","2","fixture:d","after",{"delay_ms":500,"message":{"push":"late"}}]"#);
+    c.recv().await;
+    let set = tokio::time::Instant::now();
+    c.expect(r#"["1",null,"fixture:d","late",{"assigns":{}}]"#)
+        .await;
+    assert!(
+        set.elapsed() >= Duration::from_millis(499),
+        "{:?}",
+        set.elapsed()
+    );
+    c.send(r#"["1","3","fixture:d","after",{"delay_ms":500,"message":{"push":"never"}}]"#);
+    c.recv().await;
+    assert_eq!(app.timers().pending(), 1);
+    c.call(
+        r#"["1","4","fixture:d","phx_leave",{}]"#,
+        r#"["1","4","fixture:d","phx_reply",{"response":{},"status":"ok"}]"#,
+    )
+    .await;
+    c.expect(r#"["1",null,"fixture:d","you_left",{"reason":"leave"}]"#)
+        .await;
+    c.expect(r#"["1","1","fixture:d","phx_close",{}]"#).await;
+    assert_eq!(app.timers().pending(), 0);
+}

@@ -94,10 +94,10 @@ impl Storage {
             Some(store) => store.clone(),
             None => {
                 let path = self.shared.data_dir.join("kv.sqlite3");
-                let store = Arc::new(
-                    sqlite::Sqlite::open(&path)
-                        .with_context(|| format!("opening the key-value store {}", path.display()))?,
-                );
+                let store =
+                    Arc::new(sqlite::Sqlite::open(&path).with_context(|| {
+                        format!("opening the key-value store {}", path.display())
+                    })?);
                 tracing::info!(path = %path.display(), "key-value store opened");
                 *embedded = Some(store.clone());
                 store
@@ -122,7 +122,9 @@ pub struct Kv {
 
 impl std::fmt::Debug for Kv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kv").field("app", &self.app).finish_non_exhaustive()
+        f.debug_struct("Kv")
+            .field("app", &self.app)
+            .finish_non_exhaustive()
     }
 }
 
@@ -233,24 +235,47 @@ mod tests {
         let b = storage.kv("b", quotas()).unwrap();
         a.set("k".into(), b"from a".to_vec(), None).await.unwrap();
         assert_eq!(b.get("k".into()).await.unwrap(), None);
-        assert_eq!(b.list_keys(String::new(), None, 10).await.unwrap(), Vec::<String>::new());
-        assert_eq!(a.get("k".into()).await.unwrap().as_deref(), Some(&b"from a"[..]));
+        assert_eq!(
+            b.list_keys(String::new(), None, 10).await.unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            a.get("k".into()).await.unwrap().as_deref(),
+            Some(&b"from a"[..])
+        );
     }
 
     #[tokio::test]
     async fn quotas_and_bad_requests_are_errors_for_the_guest() {
         let dir = tempfile::tempdir().unwrap();
-        let kv = Storage::new(dir.path().to_owned()).kv("a", quotas()).unwrap();
-        assert!(matches!(kv.set("k".into(), vec![0; 17], None).await, Err(KvError::Quota(_))));
-        assert!(matches!(kv.get("123456789".into()).await, Err(KvError::Quota(_))));
-        assert!(matches!(kv.get(String::new()).await, Err(KvError::Invalid(_))));
+        let kv = Storage::new(dir.path().to_owned())
+            .kv("a", quotas())
+            .unwrap();
+        assert!(matches!(
+            kv.set("k".into(), vec![0; 17], None).await,
+            Err(KvError::Quota(_))
+        ));
+        assert!(matches!(
+            kv.get("123456789".into()).await,
+            Err(KvError::Quota(_))
+        ));
+        assert!(matches!(
+            kv.get(String::new()).await,
+            Err(KvError::Invalid(_))
+        ));
         for key in ["a", "b", "c"] {
             kv.set(key.into(), vec![1], None).await.unwrap();
         }
         // Overwriting an existing key is fine; a fourth key is not.
         kv.set("a".into(), vec![2], None).await.unwrap();
-        assert!(matches!(kv.set("d".into(), vec![1], None).await, Err(KvError::Quota(_))));
-        assert!(matches!(kv.increment("e".into(), 1).await, Err(KvError::Quota(_))));
+        assert!(matches!(
+            kv.set("d".into(), vec![1], None).await,
+            Err(KvError::Quota(_))
+        ));
+        assert!(matches!(
+            kv.increment("e".into(), 1).await,
+            Err(KvError::Quota(_))
+        ));
         assert!(kv.delete("a".into()).await.unwrap());
         kv.set("d".into(), vec![1], None).await.unwrap();
     }

@@ -264,7 +264,8 @@ impl State {
 
     fn count(&mut self, app: &str, change: isize) -> Result<(), KvError> {
         let n = self.keys(app)?;
-        self.keys.insert(app.to_owned(), n.saturating_add_signed(change));
+        self.keys
+            .insert(app.to_owned(), n.saturating_add_signed(change));
         Ok(())
     }
 
@@ -354,7 +355,10 @@ mod tests {
             s.list_keys("a", "msg:", None, 10).unwrap(),
             ["msg:1", "msg:2", "msg:3"]
         );
-        assert_eq!(s.list_keys("a", "msg:", None, 2).unwrap(), ["msg:1", "msg:2"]);
+        assert_eq!(
+            s.list_keys("a", "msg:", None, 2).unwrap(),
+            ["msg:1", "msg:2"]
+        );
         assert_eq!(
             s.list_keys("a", "msg:", Some("msg:2"), 10).unwrap(),
             ["msg:3"]
@@ -371,6 +375,9 @@ mod tests {
             .set("a", "k", b"kept", None, 10)
             .unwrap();
         let reopened = Sqlite::open(&path).unwrap();
-        assert_eq!(reopened.get("a", "k").unwrap().as_deref(), Some(&b"kept"[..]));
+        assert_eq!(
+            reopened.get("a", "k").unwrap().as_deref(),
+            Some(&b"kept"[..])
+        );
     }
 }

@@ -97,9 +97,11 @@ export class RoostServer {
     return [
       "[server]",
       'node = "roost@browser"',
+      `data_dir = ${p(path.join(this.dir, "data"))}`,
       "",
       "[apps.demo]",
       'mount = "/socket"',
+      "capabilities = { kv = true }",
       `static = ${p(WWW_DIR)}`,
       `api_keys = [${p(`value:${API_KEY}`)}]`,
       `check_origin = [${origins.join(", ")}]`,

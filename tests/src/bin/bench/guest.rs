@@ -319,7 +319,11 @@ async fn wasm_calls(
     let started = Instant::now();
     for i in 0..calls {
         let payload = &payloads[(i % 2) as usize];
-        black_box(plugin.handle_in(ctx.clone(), black_box("ping"), payload).await?);
+        black_box(
+            plugin
+                .handle_in(ctx.clone(), black_box("ping"), payload)
+                .await?,
+        );
     }
     Ok(started.elapsed())
 }

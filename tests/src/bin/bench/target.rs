@@ -165,6 +165,8 @@ impl Sample {
 pub struct Target {
     pub endpoint: Endpoint,
     kind: Kind,
+    /// The server's `data_dir` (its key-value store), removed with it.
+    _data: Option<tempfile::TempDir>,
 }
 
 enum Kind {
@@ -189,14 +191,19 @@ impl Target {
             return Ok(Self {
                 endpoint: Endpoint::parse(url)?,
                 kind: Kind::External,
+                _data: None,
             });
         }
         if args.spawn {
             return Self::spawn(args, Demo::Config(access)).await;
         }
         let secret = format!("value:{BENCH_SECRET}");
-        let config = Config::parse(&config_text("127.0.0.1:0", access, &secret), ".".as_ref())?;
-        Self::in_process(args, config).await
+        let data = tempfile::tempdir()?;
+        let text = config_text("127.0.0.1:0", access, &secret, data.path());
+        let config = Config::parse(&text, ".".as_ref())?;
+        let mut target = Self::in_process(args, config).await?;
+        target._data = Some(data);
+        Ok(target)
     }
 
     /// Starts Roost from the config file at `config` instead of the demo
@@ -231,6 +238,7 @@ impl Target {
                 running: Some(running),
                 runtime: Some(runtime),
             },
+            _data: None,
         })
     }
 
@@ -255,6 +263,7 @@ impl Target {
             .port();
         let listen = format!("127.0.0.1:{port}");
         let mut command = Command::new(&bin);
+        let data = tempfile::tempdir()?;
         let (config, written) = match config {
             Demo::File(config) => (config.to_owned(), None),
             Demo::Config(access) => {
@@ -266,7 +275,7 @@ impl Target {
                     SERVERS.fetch_add(1, Ordering::Relaxed)
                 ));
                 let secret = format!("env:{SECRET_ENV}");
-                std::fs::write(&path, config_text(&listen, access, &secret))?;
+                std::fs::write(&path, config_text(&listen, access, &secret, data.path()))?;
                 if access == Access::Tokens {
                     command.env(SECRET_ENV, BENCH_SECRET);
                 }
@@ -312,6 +321,7 @@ impl Target {
                 pid,
                 config: written,
             },
+            _data: Some(data),
         })
     }
 
@@ -435,7 +445,7 @@ enum Demo<'a> {
 
 /// The demo app on `/socket` with the routes the scenarios use; under
 /// [`Access::Tokens`] it has `secret` (a source) and `anonymous = false`.
-fn config_text(listen: &str, access: Access, secret: &str) -> String {
+fn config_text(listen: &str, access: Access, secret: &str, data_dir: &Path) -> String {
     let plugin = |name: &str| {
         let path = roost_tests::plugin(name);
         std::fs::canonicalize(&path).unwrap_or(path)
@@ -452,9 +462,11 @@ fn config_text(listen: &str, access: Access, secret: &str) -> String {
 [server]
 listen = "{listen}"
 node = "roost@bench"
+data_dir = {data_dir}
 
 [apps.demo]
 mount = "/socket"
+capabilities = {{ kv = true }}
 {access}[apps.demo.routes]
 "ping" = "{ping}"
 "ping:*" = "{ping}"
@@ -462,6 +474,7 @@ mount = "/socket"
 "#,
         ping = plugin("ping").display(),
         room = plugin("room_chat").display(),
+        data_dir = serde_json::Value::from(data_dir.display().to_string()),
     )
 }
 
