@@ -2,7 +2,8 @@
 //
 // The binary comes from $ROOST_BIN (default: ../../target/debug/roost from
 // tests/js). The sample plugins come from $ROOST_PLUGIN_DIR (default:
-// ../../plugins/target/wasm32-wasip2/release from tests/js). The server's stderr goes to a log
+// ../../plugins/target/wasm32-wasip2/release from tests/js), the JS ones from
+// $ROOST_JS_PLUGIN_DIR (default: tests/js/.js-plugins, built by run.sh). The server's stderr goes to a log
 // file in a temp dir; `dumpLog()` prints it, which the tests do only when one
 // of them fails.
 
@@ -22,8 +23,12 @@ const fromEnv = (name, fallback) =>
   process.env[name] ? path.resolve(process.env[name]) : path.resolve(jsRoot, fallback);
 export const ROOST_BIN = fromEnv("ROOST_BIN", "../../target/debug/roost");
 export const PLUGIN_DIR = fromEnv("ROOST_PLUGIN_DIR", "../../plugins/target/wasm32-wasip2/release");
+// The JS plugins, built by run.sh (plugins/js/room-chat, guest-sdk/js's sandbox fixture).
+export const JS_PLUGIN_DIR = fromEnv("ROOST_JS_PLUGIN_DIR", ".js-plugins");
 
-const READY_TIMEOUT_MS = 15_000;
+// Long enough for a first start that compiles the StarlingMonkey plugins
+// (~6 s each on 2 cores); later starts load them from the compiled cache.
+const READY_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 5_000;
 
 /** A free TCP port on 127.0.0.1: bind port 0, read it, close. */
@@ -41,6 +46,7 @@ export function freePort() {
 
 function configToml() {
   const p = (name) => JSON.stringify(path.join(PLUGIN_DIR, name));
+  const js = (name) => JSON.stringify(path.join(JS_PLUGIN_DIR, name));
   const routes = [
     `"ping" = ${p("ping.wasm")}`,
     `"ping:*" = ${p("ping.wasm")}`,
@@ -48,6 +54,9 @@ function configToml() {
     `"room:*" = ${p("room_chat.wasm")}`,
     // plugins/fixtures/fixture: joins that spin, crash or refuse; `boom` crashes.
     `"fixture:*" = ${p("fixture.wasm")}`,
+    // The JS room chat, and a JS guest that throws, spins or eats memory.
+    `"jsroom:*" = ${js("room_chat_js.wasm")}`,
+    `"jsfixture:*" = ${js("fixture_js.wasm")}`,
   ];
   return [
     "[server]",

@@ -1,0 +1,75 @@
+// Builds test/fixtures/echo.js with `roost-js build` for each engine and
+// contract, and checks what each component imports (`jco wit`): the
+// contract's interfaces, `kv` only when asked for, and no WASI the host
+// does not link (no wasi:http). One build runs with no network at all
+// (`unshare -n`), which proves the toolchain downloads nothing.
+
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { after, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+
+const sdk = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const cli = path.join(sdk, "bin/roost-js.js");
+const jco = path.join(sdk, "node_modules/.bin/jco");
+const fixture = path.join(sdk, "test/fixtures/echo.js");
+const out = fs.mkdtempSync(path.join(os.tmpdir(), "roost-js-test-"));
+after(() => fs.rmSync(out, { recursive: true, force: true }));
+
+function build(name, args, { offline = false } = {}) {
+  const output = path.join(out, `${name}.wasm`);
+  const argv = [cli, "build", fixture, "-o", output, ...args];
+  const [cmd, cmdArgs] = offline ? ["unshare", ["-n", process.execPath, ...argv]] : [process.execPath, argv];
+  const run = spawnSync(cmd, cmdArgs, { cwd: sdk, encoding: "utf8", timeout: 120_000 });
+  assert.equal(run.status, 0, `roost-js build ${args.join(" ")} failed:\n${run.stdout}\n${run.stderr}`);
+  return output;
+}
+
+/** The component's imports and exports, as `jco wit` prints them. */
+function surface(file) {
+  const wit = execFileSync(jco, ["wit", file], { encoding: "utf8" });
+  const names = (kind) => [...wit.matchAll(new RegExp(`^\\s*${kind} ([^;:]+:[^;@]+)(@[^;]+)?;`, "gm"))].map((m) => m[1]);
+  return { imports: names("import"), exports: names("export") };
+}
+
+const canUnshare = spawnSync("unshare", ["-n", "true"]).status === 0;
+
+describe("roost-js build", () => {
+  it("StarlingMonkey, 0.2, offline: the plugin's interfaces, no kv, no WASI but clocks and what they need", { skip: !canUnshare && "unshare -n is not permitted here" }, () => {
+    const { imports, exports } = surface(build("sm", [], { offline: true }));
+    assert.deepEqual(exports, ["roost:channel/handler"]);
+    for (const i of ["roost:channel/channel", "roost:channel/presence", "roost:channel/log", "roost:channel/timers"]) {
+      assert.ok(imports.includes(i), `imports ${i}: ${imports}`);
+    }
+    assert.ok(!imports.includes("roost:channel/kv"), `no kv without --kv: ${imports}`);
+    assert.ok(imports.includes("wasi:clocks/wall-clock"), "Date.now() needs the wall clock");
+    assert.deepEqual(
+      imports.filter((i) => i.startsWith("wasi:") && !/^wasi:(clocks|io)\//.test(i) && i !== "wasi:cli/stderr"),
+      [],
+      `no other WASI: ${imports}`,
+    );
+  });
+
+  it("--kv adds the kv import", () => {
+    const { imports } = surface(build("sm-kv", ["--kv"]));
+    assert.ok(imports.includes("roost:channel/kv"), `${imports}`);
+  });
+
+  it("QuickJS builds for 0.2 and 0.1, with no wasi:http", () => {
+    const v2 = surface(build("qjs", ["--engine", "quickjs"]));
+    assert.ok(v2.exports.includes("roost:channel/handler"));
+    assert.ok(!v2.imports.includes("roost:channel/kv"));
+    const v1 = surface(build("qjs-01", ["--engine", "quickjs", "--contract", "0.1"]));
+    assert.ok(v1.imports.includes("roost:channel/host"), `${v1.imports}`);
+    for (const { imports } of [v2, v1]) assert.ok(!imports.some((i) => i.startsWith("wasi:http")), `${imports}`);
+  });
+
+  it("refuses an unknown engine with a usage message", () => {
+    const run = spawnSync(process.execPath, [cli, "build", fixture, "--engine", "v8"], { encoding: "utf8" });
+    assert.equal(run.status, 2);
+    assert.match(run.stderr, /unknown engine "v8"/);
+  });
+});

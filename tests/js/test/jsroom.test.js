@@ -1,0 +1,142 @@
+// JavaScript plugins in a real Roost: the JS room chat (plugins/js/room-chat,
+// routed at `jsroom:*`) sends the Rust room chat's frames byte for byte, its
+// presence works with the official client's `Presence`, and a JS guest that
+// throws, spins or eats memory (`jsfixture:*`, guest-sdk/js's sandbox
+// fixture) is contained as a Rust one is. run.sh builds both with the JS SDK.
+
+import assert from "node:assert/strict";
+import { after, before, describe, it as nodeIt } from "node:test";
+
+import WebSocketClient from "ws";
+import { Presence } from "phoenix";
+
+import { WebSocket, body, outcome, sleep, uniq, waitFor } from "../lib/client.js";
+import { RoostServer } from "../lib/server.js";
+
+let server;
+before(async () => {
+  server = new RoostServer();
+  await server.start();
+});
+after(async () => {
+  if (server) await server.dispose();
+});
+
+const it = (name, fn) => nodeIt(name, { timeout: 30_000 }, body(() => server, fn));
+
+/** A raw V2 WebSocket client that keeps every text frame it receives. */
+async function rawClient(name) {
+  const ws = new WebSocketClient(`ws://${server.host}/socket/websocket?vsn=2.0.0`);
+  const frames = [];
+  ws.on("message", (data, isBinary) => frames.push(isBinary ? `binary ${Buffer.from(data).toString("hex")}` : data.toString()));
+  await new Promise((resolve, reject) => {
+    ws.once("open", resolve);
+    ws.once("error", reject);
+  });
+  return { name, ws, frames, send: (frame) => ws.send(JSON.stringify(frame)) };
+}
+
+/**
+ * Plays one room session on `topic`: ada and bob join by name, an anonymous
+ * reader joins, they chat with both events (odd payloads included), bob
+ * leaves. Returns each client's frames. Waits for each step's frames so that
+ * every client sees them in one order whatever the plugin's speed.
+ */
+async function session(topic) {
+  const clients = [await rawClient("ada"), await rawClient("bob"), await rawClient("anon")];
+  const [ada, bob, anon] = clients;
+  const total = () => clients.reduce((n, c) => n + c.frames.length, 0);
+  const step = async (client, frame, expect) => {
+    const before = total();
+    client.send(frame);
+    await waitFor(() => total() >= before + expect, 5000, `${client.name} ${frame[3]}: ${expect} frames`);
+  };
+  await step(ada, ["1", "1", topic, "phx_join", { username: "ada" }], 3);
+  await step(bob, ["1", "1", topic, "phx_join", { username: "bob" }], 4);
+  await step(anon, ["1", "1", topic, "phx_join", {}], 2);
+  await step(ada, ["1", "2", topic, "message:add", { message: 'hé ☃ "q"\n\u0001' }], 4);
+  await step(bob, ["1", "2", topic, "new_msg", { body: { nested: [1, 2.5, null, true, -0.125e-7] } }], 4);
+  await step(bob, ["1", "3", topic, "new_msg", {}], 4);
+  await step(anon, ["1", "2", topic, "message:add", { other: 1 }], 4);
+  await step(anon, ["1", "3", topic, "unknown", {}], 0);
+  await step(bob, ["1", "4", topic, "phx_leave", {}], 4);
+  await sleep(200);
+  // Taken before the sockets close: the leaves their closing makes reach the
+  // others in an order no plugin decides.
+  const frames = Object.fromEntries(clients.map((c) => [c.name, [...c.frames]]));
+  for (const c of clients) c.ws.close();
+  return frames;
+}
+
+/** Frames with what must differ between two runs made equal: the topic, times and refs. */
+function normalized(frames, topic) {
+  return frames.map((frame) =>
+    frame
+      .split(JSON.stringify(topic))
+      .join('"TOPIC"')
+      .replace(/"online_at":\d+/g, '"online_at":0')
+      .replace(/"phx_ref(_prev)?":"[^"]+"/g, '"phx_ref$1":"REF"'),
+  );
+}
+
+describe("the JS room chat", () => {
+  it("sends the Rust room chat's frames, byte for byte", async () => {
+    const id = uniq("same-");
+    const rust = await session(`room:${id}`);
+    const js = await session(`jsroom:${id}`);
+    assert.equal(rust.ada.length, 10, `ada's frames from the Rust room chat: ${rust.ada.join("\n")}`);
+    for (const name of ["ada", "bob", "anon"]) {
+      assert.deepEqual(normalized(js[name], `jsroom:${id}`), normalized(rust[name], `room:${id}`), `${name}'s frames`);
+    }
+    // Both name the event after the room id, whatever the topic's prefix.
+    assert.ok(js.bob.some((f) => f.includes(`"room:${id}:new_message"`)), js.bob.join("\n"));
+  });
+
+  it("is shown by the official client's Presence", async (c) => {
+    const topic = uniq("jsroom:presence-");
+    const rooms = [];
+    for (const name of ["ada", "bob"]) {
+      const socket = await c.connected(server.socketUrl, WebSocket, { name });
+      const channel = socket.channel(topic, { username: name });
+      const presence = new Presence(channel);
+      const joined = await outcome(channel.join());
+      assert.deepEqual(joined, { status: "ok", response: { channel: topic } });
+      rooms.push({ channel, presence });
+    }
+    const who = (p) => p.list((key, { metas }) => [key, metas.length, typeof metas[0].online_at]).sort();
+    for (const { presence } of rooms) {
+      await waitFor(() => who(presence).length === 2, 5000, "both users listed");
+      assert.deepEqual(who(presence), [
+        ["ada", 1, "number"],
+        ["bob", 1, "number"],
+      ]);
+    }
+    await outcome(rooms[1].channel.leave());
+    await waitFor(() => who(rooms[0].presence).length === 1, 5000, "bob left");
+    assert.deepEqual(who(rooms[0].presence), [["ada", 1, "number"]]);
+  });
+});
+
+describe("a JS guest in the sandbox", () => {
+  it("an exception, a spin and a memory bomb each end only their channel", async (c) => {
+    const socket = await c.connected(server.socketUrl, WebSocket);
+    const crashed = await c.join(socket, uniq("jsfixture:crash-"), { crash: true });
+    assert.deepEqual([crashed.status, crashed.response], ["error", { reason: "join crashed" }]);
+
+    for (const event of ["throw", "spin", "bomb"]) {
+      const channel = await c.joined(socket, uniq(`jsfixture:${event}-`));
+      const errored = new Promise((resolve) => channel.onError((reason) => resolve(reason)));
+      channel.push(event, {});
+      const reason = await Promise.race([errored, sleep(10_000).then(() => "no phx_error")]);
+      assert.notEqual(reason, "no phx_error", `${event}: the channel errors`);
+    }
+
+    // The socket and the plugin carry on.
+    const fine = await c.joined(socket, uniq("jsfixture:after-"));
+    assert.deepEqual(await outcome(fine.push("ok", {})), { status: "ok", response: { fine: true } });
+    const log = server.log();
+    assert.match(log, /handleIn threw: Error: handleIn blew up/);
+    assert.match(log, /deadline/);
+    assert.match(log, /memory limit/);
+  });
+});
