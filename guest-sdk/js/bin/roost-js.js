@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // roost-js: builds a JavaScript channel plugin into a Roost component.
 //
-//   npx roost-js build [src/index.js] [-o plugin.wasm] [--engine starlingmonkey|quickjs]
+//   npx roost-js build [src/index.js] [-o plugin.wasm] [--engine quickjs|starlingmonkey]
 //                      [--contract 0.2|0.1] [--kv]
 //
 // Steps: (1) a WIT world for this plugin (the vendored contract in ../wit,
@@ -13,7 +13,7 @@
 // offline: nothing is downloaded (no `--aot`, whose weval binary would be).
 //
 // Defaults come from the plugin's package.json `"roost"` field:
-// `{ "entry": "src/index.js", "output": "plugin.wasm", "engine": "starlingmonkey",
+// `{ "entry": "src/index.js", "output": "plugin.wasm", "engine": "quickjs",
 //   "contract": "0.2", "capabilities": ["kv"] }`.
 
 import fs from "node:fs";
@@ -23,7 +23,15 @@ import { fileURLToPath } from "node:url";
 
 const sdk = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
-const ENGINES = ["starlingmonkey", "quickjs"];
+const ENGINES = ["quickjs", "starlingmonkey"];
+
+// QuickJS is the default: a seventh of the size, a ninth of the compile
+// time, a third of the call cost and a fifth of the memory of StarlingMonkey,
+// whose heap also grows until the host's memory cap stops it (the numbers
+// are in NOTES-js.md). It cannot drop a borrowed context in time, though, so
+// a contract that borrows it gets StarlingMonkey.
+const canQuickJs = (contract) => contract === "0.1" || ownsContext(contract);
+const defaultEngine = (contract) => (canQuickJs(contract) ? "quickjs" : "starlingmonkey");
 const CONTRACTS = ["0.2", "0.1"];
 
 // StarlingMonkey's WASI features a channel never needs. `clocks` stays:
@@ -33,7 +41,7 @@ const SM_DISABLED = ["http", "fetch-event", "stdio", "random"];
 function usage(message) {
   if (message) console.error(`roost-js: ${message}`);
   console.error(
-    "usage: roost-js build [ENTRY] [-o OUT.wasm] [--engine starlingmonkey|quickjs] [--contract 0.2|0.1] [--kv]",
+    "usage: roost-js build [ENTRY] [-o OUT.wasm] [--engine quickjs|starlingmonkey] [--contract 0.2|0.1] [--kv]",
   );
   process.exit(2);
 }
@@ -64,10 +72,24 @@ function projectConfig(dir) {
   return JSON.parse(fs.readFileSync(file, "utf8")).roost ?? {};
 }
 
+// The contract's WIT: the vendored copy, or a draft to try (ROOST_JS_WIT, a
+// 0.2 channel.wit file).
+const witFile = (contract) =>
+  contract === "0.1" ? path.join(sdk, "wit/v0.1/channel.wit") : process.env.ROOST_JS_WIT || path.join(sdk, "wit/channel.wit");
+
+/**
+ * Whether the callbacks own their context (`ctx: context`) rather than
+ * borrow it (`ctx: borrow<context>`): an owned one the adapter drops itself
+ * when the call ends, as neither engine does it in time on its own.
+ */
+function ownsContext(contract) {
+  return contract !== "0.1" && /\bctx: context\b/.test(fs.readFileSync(witFile(contract), "utf8"));
+}
+
 /** Writes the WIT for this build into `dir`; returns the world's name. */
 function writeWit(dir, contract, capabilities) {
   if (contract === "0.1") {
-    fs.copyFileSync(path.join(sdk, "wit/v0.1/channel.wit"), path.join(dir, "channel.wit"));
+    fs.copyFileSync(witFile(contract), path.join(dir, "channel.wit"));
     return "channel";
   }
   const kv = capabilities.includes("kv");
@@ -77,7 +99,7 @@ function writeWit(dir, contract, capabilities) {
   // refuse a second doc-commented `package` line.
   fs.writeFileSync(
     path.join(dir, "channel.wit"),
-    fs.readFileSync(path.join(sdk, "wit/channel.wit"), "utf8") +
+    fs.readFileSync(witFile(contract), "utf8") +
       `\n// Written by roost-js: the plugin world with only the imports this plugin uses.\n` +
       `world ${world} {\n${imports.map((i) => `  import ${i};\n`).join("")}  export handler;\n}\n`,
   );
@@ -88,7 +110,10 @@ function writeWit(dir, contract, capabilities) {
 async function bundle(dir, entry, contract, engine, capabilities) {
   const { rolldown } = await import("rolldown");
   const src = (file) => path.join(sdk, "src", file);
-  fs.writeFileSync(path.join(dir, "engine.js"), `export const bigints = ${engine === "starlingmonkey"};\n`);
+  fs.writeFileSync(
+    path.join(dir, "engine.js"),
+    `export const bigints = ${engine === "starlingmonkey"};\nexport const ownedContext = ${ownsContext(contract)};\n`,
+  );
   fs.writeFileSync(
     path.join(dir, "entry.js"),
     [
@@ -154,12 +179,19 @@ export async function build(opts, cwd = process.cwd()) {
   const config = projectConfig(cwd);
   const entry = path.resolve(cwd, opts.entry ?? config.entry ?? "src/index.js");
   const output = path.resolve(cwd, opts.output ?? config.output ?? "plugin.wasm");
-  const engine = opts.engine ?? config.engine ?? "starlingmonkey";
   const contract = opts.contract ?? config.contract ?? "0.2";
+  const engine = opts.engine ?? config.engine ?? defaultEngine(contract);
   const capabilities = [...new Set([...(config.capabilities ?? []), ...(opts.capabilities ?? [])])];
   if (!ENGINES.includes(engine)) usage(`unknown engine "${engine}" (${ENGINES.join(", ")})`);
   if (!CONTRACTS.includes(contract)) usage(`unknown contract "${contract}" (${CONTRACTS.join(", ")})`);
   if (!fs.existsSync(entry)) usage(`no entry file ${entry}`);
+  if (engine === "quickjs" && !canQuickJs(contract)) {
+    usage(
+      "QuickJS (componentize-qjs 0.4.5) cannot take the context as borrow<context>: every call would trap with " +
+        '"borrow handles still remain at the end of the call". Use --engine starlingmonkey, or a contract whose ' +
+        "callbacks take `ctx: context`.",
+    );
+  }
 
   const started = Date.now();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "roost-js-"));

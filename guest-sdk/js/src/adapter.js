@@ -57,28 +57,40 @@ export function handlerFor(channel, host, version = "0.2") {
 
   const call = (name, ctx, run) => {
     const socket = new Socket(host, contextOf(ctx));
-    return guarded(name, () => toOutcome(name, run(socket), socket));
+    try {
+      return guarded(name, () => toOutcome(name, run(socket), socket));
+    } finally {
+      host.release(ctx);
+    }
+  };
+
+  const join = (ctx, payload) => {
+    const socket = new Socket(host, contextOf(ctx));
+    const outcome = guarded("join", () => {
+      const result = channel.join(socket.topic, decode(payload), socket);
+      if (result === undefined) return new Outcome({ status: "ok", response: {} });
+      if (!(result instanceof Outcome) || result.reply === null) {
+        throw new TypeError("join must return reply.ok(response), reply.error(response) or nothing");
+      }
+      return result;
+    });
+    // The WIT `err`: both engines lower an exception from a function that
+    // returns `result` as its error value.
+    if (outcome.reply.status !== "ok") throw encode(outcome.reply.response);
+    const response = encode(outcome.reply.response);
+    const assigns = socket.changedAssigns();
+    return version === "0.1" ? { reply: { status: "ok", response }, assigns, stop: null } : { response, assigns };
   };
 
   return {
     intercepts: () => intercepts,
 
     join(ctx, payload) {
-      const socket = new Socket(host, contextOf(ctx));
-      const outcome = guarded("join", () => {
-        const result = channel.join(socket.topic, decode(payload), socket);
-        if (result === undefined) return new Outcome({ status: "ok", response: {} });
-        if (!(result instanceof Outcome) || result.reply === null) {
-          throw new TypeError("join must return reply.ok(response), reply.error(response) or nothing");
-        }
-        return result;
-      });
-      if (outcome.reply.status !== "ok") throw encode(outcome.reply.response);
-      const response = encode(outcome.reply.response);
-      const assigns = socket.changedAssigns();
-      return version === "0.1"
-        ? { reply: { status: "ok", response }, assigns, stop: null }
-        : { response, assigns };
+      try {
+        return join(ctx, payload);
+      } finally {
+        host.release(ctx);
+      }
     },
 
     handleIn(ctx, event, payload) {
@@ -100,7 +112,11 @@ export function handlerFor(channel, host, version = "0.2") {
 
     terminate(ctx, reason) {
       const socket = new Socket(host, contextOf(ctx));
-      if (channel.terminate) guarded("terminate", () => channel.terminate(reason, socket));
+      try {
+        if (channel.terminate) guarded("terminate", () => channel.terminate(reason, socket));
+      } finally {
+        host.release(ctx);
+      }
     },
   };
 }

@@ -22,4 +22,5 @@ export const host = {
   cancelTimer: missing("cancelTimer"),
   kv: null,
   crash: (error) => error,
+  release: () => {},
 };

@@ -13,7 +13,7 @@ import * as logNs from "roost:channel/log@0.2.0";
 import * as presenceNs from "roost:channel/presence@0.2.0";
 import * as timersNs from "roost:channel/timers@0.2.0";
 import { kv } from "roost-guest:kv";
-import { bigints } from "roost-guest:engine";
+import { bigints, ownedContext } from "roost-guest:engine";
 
 const pick = (ns) => ns.default ?? ns;
 const channel = pick(channelNs);
@@ -42,4 +42,7 @@ export const host = {
   kv: kv && { ...kv, u64: int64, s64: int64 },
   // Thrown to end the call with a trap; see adapter.js.
   crash: (error) => error,
+  // An owned context is dropped when its call ends, so the host's handle
+  // goes at once (engines would drop it only on GC, or never).
+  release: ownedContext ? (ctx) => ctx[Symbol.dispose]() : () => {},
 };

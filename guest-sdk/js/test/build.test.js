@@ -19,13 +19,13 @@ const fixture = path.join(sdk, "test/fixtures/echo.js");
 const out = fs.mkdtempSync(path.join(os.tmpdir(), "roost-js-test-"));
 after(() => fs.rmSync(out, { recursive: true, force: true }));
 
-function build(name, args, { offline = false } = {}) {
+function build(name, args, { offline = false, env = {} } = {}) {
   const output = path.join(out, `${name}.wasm`);
   const argv = [cli, "build", fixture, "-o", output, ...args];
   const [cmd, cmdArgs] = offline ? ["unshare", ["-n", process.execPath, ...argv]] : [process.execPath, argv];
-  const run = spawnSync(cmd, cmdArgs, { cwd: sdk, encoding: "utf8", timeout: 120_000 });
+  const run = spawnSync(cmd, cmdArgs, { cwd: sdk, encoding: "utf8", timeout: 120_000, env: { ...process.env, ...env } });
   assert.equal(run.status, 0, `roost-js build ${args.join(" ")} failed:\n${run.stdout}\n${run.stderr}`);
-  return output;
+  return { output, stdout: run.stdout };
 }
 
 /** The component's imports and exports, as `jco wit` prints them. */
@@ -39,7 +39,10 @@ const canUnshare = spawnSync("unshare", ["-n", "true"]).status === 0;
 
 describe("roost-js build", () => {
   it("StarlingMonkey, 0.2, offline: the plugin's interfaces, no kv, no WASI but clocks and what they need", { skip: !canUnshare && "unshare -n is not permitted here" }, () => {
-    const { imports, exports } = surface(build("sm", [], { offline: true }));
+    const sm = build("sm", [], { offline: true });
+    // The default for a contract that borrows the context (see the QuickJS tests).
+    assert.match(sm.stdout, /\(starlingmonkey, roost:channel@0\.2\.0\)/);
+    const { imports, exports } = surface(sm.output);
     assert.deepEqual(exports, ["roost:channel/handler"]);
     for (const i of ["roost:channel/channel", "roost:channel/presence", "roost:channel/log", "roost:channel/timers"]) {
       assert.ok(imports.includes(i), `imports ${i}: ${imports}`);
@@ -54,17 +57,30 @@ describe("roost-js build", () => {
   });
 
   it("--kv adds the kv import", () => {
-    const { imports } = surface(build("sm-kv", ["--kv"]));
+    const { imports } = surface(build("sm-kv", ["--kv"]).output);
     assert.ok(imports.includes("roost:channel/kv"), `${imports}`);
   });
 
-  it("QuickJS builds for 0.2 and 0.1, with no wasi:http", () => {
-    const v2 = surface(build("qjs", ["--engine", "quickjs"]));
-    assert.ok(v2.exports.includes("roost:channel/handler"));
-    assert.ok(!v2.imports.includes("roost:channel/kv"));
-    const v1 = surface(build("qjs-01", ["--engine", "quickjs", "--contract", "0.1"]));
-    assert.ok(v1.imports.includes("roost:channel/host"), `${v1.imports}`);
-    for (const { imports } of [v2, v1]) assert.ok(!imports.some((i) => i.startsWith("wasi:http")), `${imports}`);
+  it("QuickJS is the default where it works: 0.1, and a 0.2 whose callbacks own the context", () => {
+    const v1 = build("qjs-01", ["--contract", "0.1"]);
+    assert.match(v1.stdout, /\(quickjs, roost:channel@0\.1\.0\)/);
+    assert.ok(surface(v1.output).imports.includes("roost:channel/host"));
+    // The same contract with `ctx: context` instead of `ctx: borrow<context>`.
+    const owned = path.join(out, "owned.wit");
+    fs.writeFileSync(owned, fs.readFileSync(path.join(sdk, "wit/channel.wit"), "utf8").replaceAll("ctx: borrow<context>", "ctx: context"));
+    const v2 = build("qjs-owned", [], { env: { ROOST_JS_WIT: owned } });
+    assert.match(v2.stdout, /\(quickjs, roost:channel@0\.2\.0\)/);
+    const { imports } = surface(v2.output);
+    assert.ok(!imports.includes("roost:channel/kv"), `${imports}`);
+    for (const file of [v1.output, v2.output]) {
+      assert.ok(!surface(file).imports.some((i) => i.startsWith("wasi:http")), `${file}: no wasi:http`);
+    }
+  });
+
+  it("QuickJS is refused for a contract that borrows the context, which it cannot drop in time", () => {
+    const run = spawnSync(process.execPath, [cli, "build", fixture, "--engine", "quickjs", "-o", path.join(out, "no.wasm")], { encoding: "utf8" });
+    assert.equal(run.status, 2);
+    assert.match(run.stderr, /borrow handles still remain at the end of the call/);
   });
 
   it("refuses an unknown engine with a usage message", () => {

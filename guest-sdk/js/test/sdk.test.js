@@ -49,6 +49,10 @@ function fakeHost({ kv = false } = {}) {
       s64: Number,
     },
     crash: (error) => error,
+    released: 0,
+    release() {
+      this.released += 1;
+    },
   };
 }
 
@@ -77,6 +81,16 @@ describe("the adapter", () => {
       response: json({ channel: "room:lobby" }),
       assigns: '{"user":"ada"}',
     });
+  });
+
+  it("releases the context after every callback, even one that throws", () => {
+    const host = fakeHost();
+    const handler = handlerFor({ join: () => reply.ok({}), handleIn: () => { throw new Error("x"); } }, host);
+    handler.join(context(), json({}));
+    assert.throws(() => handler.handleIn(context(), "x", json({})));
+    handler.handleInfo(context(), "tick");
+    handler.terminate(context(), "leave");
+    assert.equal(host.released, 4);
   });
 
   it("a join that returns nothing joins with {} and no assigns", () => {

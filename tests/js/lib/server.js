@@ -26,9 +26,7 @@ export const PLUGIN_DIR = fromEnv("ROOST_PLUGIN_DIR", "../../plugins/target/wasm
 // The JS plugins, built by run.sh (plugins/js/room-chat, guest-sdk/js's sandbox fixture).
 export const JS_PLUGIN_DIR = fromEnv("ROOST_JS_PLUGIN_DIR", ".js-plugins");
 
-// Long enough for a first start that compiles the StarlingMonkey plugins
-// (~6 s each on 2 cores); later starts load them from the compiled cache.
-const READY_TIMEOUT_MS = 60_000;
+const READY_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 5_000;
 
 /** A free TCP port on 127.0.0.1: bind port 0, read it, close. */

@@ -1,10 +1,12 @@
-//! `engines`: loads `roost:channel@0.2.0` components (the JS ones built by
-//! `guest-sdk/js` with StarlingMonkey or QuickJS, or any other) in wasmtime
-//! 48 with the host's engine settings and a stub host, checks that each
-//! callback round-trips the contract's types (the `context` resource passed
-//! as `borrow`, `result`, `option`, variants, `list<u8>`, a timer id), and
-//! measures what a plugin costs: compile, instantiation, a warm `handle_in`
-//! and the linear memory of a warm instance.
+//! `engines`: loads channel components (the JS ones built by `guest-sdk/js`
+//! with StarlingMonkey or QuickJS, or any other) in wasmtime 48 with the
+//! host's engine settings and a stub host, for `roost:channel@0.2.0` or
+//! `0.1.0`. For 0.2 it first checks that each callback round-trips the
+//! contract's types (the `context` resource passed as `borrow`, `result`,
+//! `option`, variants, `list<u8>`, a timer id). Then it measures what a
+//! plugin costs: compile, instantiation, a warm `handle_in` (the room chat's
+//! `message:add`: assigns read, one broadcast, a reply), the linear memory of
+//! a warm instance and the resident memory each extra warm instance adds.
 //!
 //! It exists because the host loads only 0.1.0 so far; once it loads 0.2.0,
 //! `bench guest` (`src/bin/bench/guest.rs`) measures through the host's own
@@ -15,6 +17,9 @@
 //! ```sh
 //! cargo run -p roost-tests --bin engines -- a.wasm b.wasm
 //! ```
+//!
+//! Each component is measured in a child process of its own, so that one's
+//! memory does not count against the next.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +33,15 @@ wasmtime::component::bindgen!({
     exports: { default: async },
     with: { "roost:channel/types.context": CallContext },
 });
+
+/// The 0.1.0 world, which the host loads today.
+mod v01 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1",
+        world: "roost:channel/channel",
+        exports: { default: async },
+    });
+}
 
 use exports::roost::channel::handler::Outcome;
 use roost::channel::types::{Joined, Level, Payload};
@@ -49,10 +63,21 @@ struct Host {
     memory: MemoryMeter,
 }
 
-/// Records the largest linear memory the instance asked for.
-#[derive(Default)]
+/// Records the largest linear memory the instance was given, and refuses
+/// to grow it past the host's default cap (64 MiB, `guest_memory_bytes`),
+/// as the host's `StoreLimits` do: `memory.grow` fails, the guest decides.
 struct MemoryMeter {
     peak: usize,
+    cap: usize,
+}
+
+impl Default for MemoryMeter {
+    fn default() -> Self {
+        Self {
+            peak: 0,
+            cap: 64 << 20,
+        }
+    }
 }
 
 impl ResourceLimiter for MemoryMeter {
@@ -62,6 +87,9 @@ impl ResourceLimiter for MemoryMeter {
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            return Ok(false);
+        }
         self.peak = self.peak.max(desired);
         Ok(true)
     }
@@ -267,7 +295,65 @@ fn median(mut xs: Vec<Duration>) -> Duration {
     xs[xs.len() / 2]
 }
 
-/// Calls each callback once and prints what came back.
+impl v01::roost::channel::types::Host for Host {}
+
+impl v01::roost::channel::host::Host for Host {
+    fn push(&mut self, event: String, payload: v01::roost::channel::types::Payload) {
+        self.effects
+            .push(format!("push {event} {}", text01(&payload)));
+    }
+
+    fn broadcast(
+        &mut self,
+        topic: String,
+        event: String,
+        payload: v01::roost::channel::types::Payload,
+    ) {
+        self.effects
+            .push(format!("broadcast {topic} {event} {}", text01(&payload)));
+    }
+
+    fn broadcast_from(
+        &mut self,
+        topic: String,
+        event: String,
+        payload: v01::roost::channel::types::Payload,
+    ) {
+        self.effects.push(format!(
+            "broadcast_from {topic} {event} {}",
+            text01(&payload)
+        ));
+    }
+
+    fn log(&mut self, level: v01::roost::channel::types::Level, message: String) {
+        self.effects.push(format!("log {level:?} {message}"));
+    }
+
+    fn node_name(&mut self) -> String {
+        "roost@engines".into()
+    }
+
+    fn presence_track(&mut self, key: String, meta: String) {
+        self.effects.push(format!("track {key} {meta}"));
+    }
+
+    fn presence_untrack(&mut self, key: String) {
+        self.effects.push(format!("untrack {key}"));
+    }
+
+    fn presence_list(&mut self) -> String {
+        r#"{"ada":{"metas":[{"online_at":1,"phx_ref":"AAAAAAAAAAAAAAAB"}]}}"#.into()
+    }
+}
+
+fn text01(payload: &v01::roost::channel::types::Payload) -> String {
+    match payload {
+        v01::roost::channel::types::Payload::Json(text) => text.clone(),
+        v01::roost::channel::types::Payload::Binary(bytes) => format!("binary {bytes:?}"),
+    }
+}
+
+/// Calls each 0.2 callback once and prints what came back.
 async fn check(instance: &Plugin, store: &mut Store<Host>) -> wasmtime::Result<()> {
     let handler = instance.roost_channel_handler();
     println!(
@@ -298,16 +384,12 @@ async fn check(instance: &Plugin, store: &mut Store<Host>) -> wasmtime::Result<(
         )
         .await?;
     println!(
-        "  join refused: {:?}",
+        "  join with {{\"refuse\":true}}: {:?}",
         refused.map(|j| text(&j.response)).map_err(|p| text(&p))
     );
-    let assigns = joined
-        .ok()
-        .and_then(|j| j.assigns)
-        .unwrap_or_else(|| "{}".into());
     store.data_mut().table.delete(ctx)?;
 
-    let ctx = context(store, &assigns)?;
+    let ctx = context(store, r#"{"room_id":"lobby","username":"ada"}"#)?;
     for (event, payload) in [
         ("ping", json(r#"{"ack_phrase":"hi"}"#)),
         ("binary", Payload::Binary(vec![0, 1, 255])),
@@ -353,11 +435,197 @@ async fn check(instance: &Plugin, store: &mut Store<Host>) -> wasmtime::Result<(
     Ok(())
 }
 
+/// A warm instance of either contract version, and its one timed call.
+enum Warm {
+    V02(Plugin),
+    V01(v01::Channel),
+}
+
+/// The assigns a room chat channel has after its join.
+const ASSIGNS: &str = r#"{"room_id":"lobby","username":"ada"}"#;
+/// The timed call: the room chat's `message:add`.
+const EVENT: &str = "message:add";
+const PAYLOAD: &str = r#"{"message":"hello"}"#;
+
+impl Warm {
+    async fn call(&self, store: &mut Store<Host>) -> wasmtime::Result<()> {
+        match self {
+            Self::V02(plugin) => {
+                let ctx = context(store, ASSIGNS)?;
+                plugin
+                    .roost_channel_handler()
+                    .call_handle_in(
+                        &mut *store,
+                        Resource::new_borrow(ctx.rep()),
+                        EVENT,
+                        &json(PAYLOAD),
+                    )
+                    .await?;
+                store.data_mut().table.delete(ctx)?;
+            }
+            Self::V01(channel) => {
+                let ctx = v01::roost::channel::types::Context {
+                    app: "demo".into(),
+                    topic: "room:lobby".into(),
+                    socket_id: None,
+                    claims: r#"{"sub":"ada","username":"Ada"}"#.into(),
+                    assigns: ASSIGNS.into(),
+                };
+                channel
+                    .roost_channel_handler()
+                    .call_handle_in(
+                        &mut *store,
+                        &ctx,
+                        EVENT,
+                        &v01::roost::channel::types::Payload::Json(PAYLOAD.into()),
+                    )
+                    .await?;
+            }
+        }
+        store.data_mut().effects.clear();
+        Ok(())
+    }
+}
+
+/// Pre-instantiated component of either version.
+enum Pre {
+    V02(PluginPre<Host>),
+    V01(v01::ChannelPre<Host>),
+}
+
+impl Pre {
+    async fn instantiate(&self, store: &mut Store<Host>) -> wasmtime::Result<Warm> {
+        Ok(match self {
+            Self::V02(pre) => Warm::V02(pre.instantiate_async(store).await?),
+            Self::V01(pre) => Warm::V01(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4)
+}
+
+async fn measure(engine: &Engine, linker: &Linker<Host>, path: &str) -> wasmtime::Result<()> {
+    println!("{path}: {} bytes", bytes_len(path));
+    let bytes = std::fs::read(path).map_err(|e| format_err!("{path}: {e}"))?;
+    let started = Instant::now();
+    let component = Component::new(engine, &bytes)?;
+    println!("  compile: {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
+    let pre = match linker.instantiate_pre(&component) {
+        Ok(pre) => match PluginPre::new(pre.clone()) {
+            Ok(pre) => Pre::V02(pre),
+            Err(_) => Pre::V01(v01::ChannelPre::new(pre)?),
+        },
+        Err(e) => bail!("does not link: {e:#}"),
+    };
+    println!(
+        "  contract: {}",
+        if matches!(pre, Pre::V02(_)) {
+            "0.2.0"
+        } else {
+            "0.1.0"
+        }
+    );
+
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let mut store = new_store(engine);
+        let started = Instant::now();
+        pre.instantiate(&mut store).await?;
+        times.push(started.elapsed());
+    }
+    println!(
+        "  instantiate: {:.1} µs (median of 50)",
+        median(times).as_secs_f64() * 1e6
+    );
+
+    let mut store = new_store(engine);
+    let warm = pre.instantiate(&mut store).await?;
+    if let Warm::V02(plugin) = &warm {
+        check(plugin, &mut store).await?;
+    }
+    warm.call(&mut store).await?;
+    println!(
+        "  linear memory after the first call: {} KiB",
+        store.data().memory.peak / 1024
+    );
+
+    let mut rounds = Vec::new();
+    for round in 0..6 {
+        let calls = 2_000;
+        let started = Instant::now();
+        for _ in 0..calls {
+            warm.call(&mut store).await?;
+        }
+        if round > 0 {
+            rounds.push(started.elapsed() / calls);
+        }
+    }
+    println!(
+        "  warm handle_in {EVENT}: {:.1} µs (median of 5 rounds of 2000)",
+        median(rounds).as_secs_f64() * 1e6
+    );
+    println!(
+        "  linear memory after 12000 calls: {} KiB",
+        store.data().memory.peak / 1024
+    );
+    // Does memory settle? A guest whose heap only grows hits the host's
+    // memory cap (64 MiB) after some number of calls and crashes a channel.
+    let soak: u64 = std::env::var("ENGINES_SOAK")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let mut done = 12_000;
+    while done < 12_000 + soak {
+        let step = soak.min(50_000);
+        for _ in 0..step {
+            warm.call(&mut store).await?;
+        }
+        done += step;
+        println!(
+            "  linear memory after {done} calls: {} KiB",
+            store.data().memory.peak / 1024
+        );
+    }
+
+    // What each further warm instance costs in resident memory, after a few
+    // calls each (the pages a call touches are what a pooled instance holds).
+    let instances = 20;
+    let before = rss_kib();
+    let mut held = Vec::new();
+    for _ in 0..instances {
+        let mut store = new_store(engine);
+        let warm = pre.instantiate(&mut store).await?;
+        for _ in 0..100 {
+            warm.call(&mut store).await?;
+        }
+        held.push((store, warm));
+    }
+    let per = (rss_kib().saturating_sub(before)) / instances;
+    println!("  resident memory per warm instance: {per} KiB (20 instances, 100 calls each)");
+    drop(held);
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> wasmtime::Result<()> {
     let paths: Vec<String> = std::env::args().skip(1).collect();
     if paths.is_empty() {
         bail!("usage: engines COMPONENT.wasm...");
+    }
+    if paths.len() > 1 {
+        // One child process per component: memory figures stay its own.
+        let me = std::env::current_exe()?;
+        for path in &paths {
+            let status = std::process::Command::new(&me).arg(path).status()?;
+            ensure!(status.success(), "{path}: the measurement failed");
+        }
+        return Ok(());
     }
     // The host's settings: epoch interruption, parallel compilation.
     let mut config = Config::new();
@@ -374,70 +642,10 @@ async fn main() -> wasmtime::Result<()> {
     let mut linker: Linker<Host> = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     Plugin::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |host| host)?;
-
-    for path in paths {
-        println!("{path}: {} bytes", bytes_len(&path));
-        let bytes = std::fs::read(&path).map_err(|e| format_err!("{path}: {e}"))?;
-        let started = Instant::now();
-        let component = Component::new(&engine, &bytes)?;
-        println!("  compile: {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
-        let pre = PluginPre::new(linker.instantiate_pre(&component)?)?;
-
-        let mut times = Vec::new();
-        for _ in 0..20 {
-            let mut store = new_store(&engine);
-            let started = Instant::now();
-            pre.instantiate_async(&mut store).await?;
-            times.push(started.elapsed());
-        }
-        println!(
-            "  instantiate: {:.1} µs (median of 20)",
-            median(times).as_secs_f64() * 1e6
-        );
-
-        let mut store = new_store(&engine);
-        let instance = pre.instantiate_async(&mut store).await?;
-        if let Err(e) = check(&instance, &mut store).await {
-            println!("  check FAILED: {e:#}");
-            continue;
-        }
-        println!(
-            "  linear memory after the checks: {} KiB",
-            store.data().memory.peak / 1024
-        );
-
-        // Warm calls: `ping` with an ack phrase, a reply, no assigns change.
-        let handler = instance.roost_channel_handler();
-        let ctx = context(&mut store, r#"{"room_id":"lobby","username":"ada"}"#)?;
-        let payload = json(r#"{"ack_phrase":"hoorays..!"}"#);
-        let mut rounds = Vec::new();
-        for round in 0..6 {
-            let calls = 2_000;
-            let started = Instant::now();
-            for _ in 0..calls {
-                let out = handler
-                    .call_handle_in(
-                        &mut store,
-                        Resource::new_borrow(ctx.rep()),
-                        "ping",
-                        &payload,
-                    )
-                    .await?;
-                ensure!(out.reply.is_some(), "ping got no reply");
-            }
-            store.data_mut().effects.clear();
-            if round > 0 {
-                rounds.push(started.elapsed() / calls);
-            }
-        }
-        println!(
-            "  warm handle_in ping: {:.1} µs (median of 5 rounds of 2000)",
-            median(rounds).as_secs_f64() * 1e6
-        );
-        println!(
-            "  linear memory after the warm calls: {} KiB",
-            store.data().memory.peak / 1024
-        );
+    v01::Channel::add_to_linker::<Host, HasSelf<Host>>(&mut linker, |host| host)?;
+    if let Err(e) = measure(&engine, &linker, &paths[0]).await {
+        println!("  FAILED: {e:#}");
+        bail!("{}: {e:#}", paths[0]);
     }
     Ok(())
 }
