@@ -15,6 +15,7 @@
 //! - [`presence`]: per-app presence tracking and Phoenix presence diffs.
 //! - [`runtime`]: wasmtime, plugins, warm instances, host imports.
 //! - [`reload`]: watches plugin files and the config, swaps in new versions.
+//! - [`scaffold`]: `roost new`, a new plugin project in Rust or JavaScript.
 //!
 //! # How a message flows
 //! 1. A client connects to `<mount>/websocket?vsn=2.0.0`; the server finds
@@ -44,6 +45,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod reload;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 pub mod socket;
 pub mod transport;
