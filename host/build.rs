@@ -2,6 +2,10 @@
 //! `wasm32-wasip2`, so that `cargo run -- serve` and the tests find them in
 //! `plugins/target/wasm32-wasip2/release/` on a fresh clone. Installs the
 //! target with rustup if it is missing.
+//!
+//! Also installs the official `phoenix` JS client from the npm registry, as
+//! pinned by `host/web/package-lock.json`, into `OUT_DIR`; `src/web/client.rs`
+//! embeds its ES module and serves it at `/_roost/phoenix.mjs`.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -15,6 +19,7 @@ fn main() {
         .expect("host/ is inside the workspace")
         .to_owned();
     watch(&root);
+    install_phoenix_client(&root.join("host/web"));
     if env::var_os("ROOST_SKIP_PLUGIN_BUILD").is_some() {
         return;
     }
@@ -63,10 +68,94 @@ fn watch(root: &Path) {
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() && entry.file_name() != "target" && entry.file_name() != "js" {
-            println!("cargo:rerun-if-changed={}", path.display());
+            watch_sources(&path);
         }
     }
     println!("cargo:rerun-if-env-changed=ROOST_SKIP_PLUGIN_BUILD");
+}
+
+/// The file `src/web/client.rs` embeds (with its `.map`), inside
+/// `OUT_DIR/web`: the ES module the npm package ships (its `exports.import`).
+const PHOENIX_MODULE: &str = "node_modules/phoenix/priv/static/phoenix.mjs";
+
+/// `npm ci` of `web/package.json` and its lock in `OUT_DIR/web`, so the
+/// client is the registry's bytes at the pinned version (the lock carries
+/// their integrity hash), not a copy kept in the repository.
+fn install_phoenix_client(web: &Path) {
+    let manifest = web.join("package.json");
+    let lockfile = web.join("package-lock.json");
+    for file in [&manifest, &lockfile] {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo")).join("web");
+    let lock =
+        std::fs::read(&lockfile).unwrap_or_else(|e| panic!("reading {}: {e}", lockfile.display()));
+    // This script also reruns whenever a plugin changes: install only when
+    // the lock differs from the one installed last.
+    let stamp = out.join("node_modules/.roost-lock");
+    if std::fs::read(&stamp).is_ok_and(|installed| installed == lock)
+        && out.join(PHOENIX_MODULE).is_file()
+    {
+        return;
+    }
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("creating {}: {e}", out.display()));
+    for file in [&manifest, &lockfile] {
+        let name = file.file_name().expect("a file name");
+        std::fs::copy(file, out.join(name))
+            .unwrap_or_else(|e| panic!("copying {} into {}: {e}", file.display(), out.display()));
+    }
+    let npm = if cfg!(windows) { "npm.cmd" } else { "npm" };
+    let status = Command::new(npm)
+        .current_dir(&out)
+        .args([
+            "ci",
+            "--prefer-offline",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+        ])
+        .status();
+    match status {
+        Ok(status) if status.success() => {}
+        Ok(_) => panic!(
+            "`npm ci` in {} failed (see the output above): the host embeds the official \
+             phoenix client, pinned in host/web/package-lock.json, from the npm registry; \
+             it needs access to registry.npmjs.org or an npm cache that holds it",
+            out.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "npm is not installed. The host's build fetches the official phoenix JS client \
+             with it. Install Node.js (20 or later) with npm: on Debian or Ubuntu \
+             `apt-get install nodejs npm`, on macOS `brew install node`, or from \
+             https://nodejs.org; then build again"
+        ),
+        Err(e) => panic!("running npm: {e}"),
+    }
+    for file in [PHOENIX_MODULE.to_owned(), format!("{PHOENIX_MODULE}.map")] {
+        if !out.join(&file).is_file() {
+            panic!(
+                "the phoenix package installed in {} has no {file}: \
+                 check the version pinned in host/web/package.json",
+                out.display()
+            );
+        }
+    }
+    std::fs::write(&stamp, &lock).unwrap_or_else(|e| panic!("writing {}: {e}", stamp.display()));
+}
+
+/// A plugin's directory, but not its `www/`: that page is served from disk
+/// (`[apps.X] static`), so editing it needs no build.
+fn watch_sources(dir: &Path) {
+    if !dir.join("www").is_dir() {
+        println!("cargo:rerun-if-changed={}", dir.display());
+        return;
+    }
+    let entries = std::fs::read_dir(dir).expect("reading a plugin directory");
+    for entry in entries.flatten() {
+        if entry.file_name() != "www" {
+            println!("cargo:rerun-if-changed={}", entry.path().display());
+        }
+    }
 }
 
 fn ensure_target() {

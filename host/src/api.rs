@@ -23,10 +23,10 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::app::App;
+use crate::apps::Apps;
 use crate::protocol::Payload;
-use crate::server::Server;
 
-pub fn routes() -> Router<Server> {
+pub fn routes() -> Router<Apps> {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/api/apps/{app}/broadcast", post(broadcast))
@@ -44,11 +44,9 @@ impl IntoResponse for ApiError {
 }
 
 /// The app named in the path, if the request carries one of its API keys.
-fn authorized(server: &Server, name: &str, headers: &HeaderMap) -> Result<Arc<App>, ApiError> {
-    let app = server
-        .apps()
-        .into_iter()
-        .find(|app| &*app.name == name)
+fn authorized(apps: &Apps, name: &str, headers: &HeaderMap) -> Result<Arc<App>, ApiError> {
+    let app = apps
+        .by_name(name)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no app named `{name}`")))?;
     let unauthorized = |why: &str| {
         tracing::warn!(app = name, "api request refused: {why}");
@@ -61,7 +59,7 @@ fn authorized(server: &Server, name: &str, headers: &HeaderMap) -> Result<Arc<Ap
         .ok_or_else(|| unauthorized("missing `Authorization: Bearer <api key>`"))?;
     let valid = app
         .state()
-        .config
+        .config()
         .api_keys
         .iter()
         .any(|k| bool::from(k.bytes().ct_eq(key.as_bytes())));
@@ -87,12 +85,12 @@ fn empty_object() -> Value {
 }
 
 async fn broadcast(
-    State(server): State<Server>,
+    State(apps): State<Apps>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Json<BroadcastRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let app = authorized(&server, &name, &headers)?;
+    let app = authorized(&apps, &name, &headers)?;
     let Json(request) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     if !request.payload.is_object() {
         return Err(ApiError(
@@ -111,12 +109,12 @@ struct DisconnectRequest {
 }
 
 async fn disconnect(
-    State(server): State<Server>,
+    State(apps): State<Apps>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Json<DisconnectRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let app = authorized(&server, &name, &headers)?;
+    let app = authorized(&apps, &name, &headers)?;
     let Json(request) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     let sockets = app.disconnect(&request.socket_id);
     tracing::info!(
@@ -129,25 +127,16 @@ async fn disconnect(
 }
 
 async fn status(
-    State(server): State<Server>,
+    State(apps): State<Apps>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let app = authorized(&server, &name, &headers)?;
+    let app = authorized(&apps, &name, &headers)?;
     let state = app.state();
-    let mut plugins: Vec<_> = Vec::new();
-    for slot in state.router.slots() {
-        let status = slot.status();
-        if !plugins
-            .iter()
-            .any(|p: &crate::runtime::SlotStatus| p.path == status.path)
-        {
-            plugins.push(status);
-        }
-    }
+    let plugins: Vec<_> = state.router().slots().map(|slot| slot.status()).collect();
     Ok(Json(json!({
-        "app": &*app.name,
-        "mount": state.config.mount,
+        "app": &**app.name(),
+        "mount": state.config().mount,
         "sockets": app.socket_count(),
         "channels": app.channel_count(),
         "plugins": plugins,

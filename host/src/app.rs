@@ -2,50 +2,68 @@
 //! state — the config and routes, which a config reload swaps as a whole.
 //! Apps share the server and nothing else: topics, broadcasts, presences and
 //! plugin instances are per app.
+//!
+//! [`App::broadcast`] is the one way to broadcast (plugins, presence diffs
+//! and the HTTP API all go through it): it decides here, from the topic's
+//! route, whether the event takes the fastlane or each subscriber's
+//! `handle_out`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
-use crate::channel::{Router, TopicPattern};
-use crate::config::AppConfig;
+use arc_swap::ArcSwap;
+
+use crate::channel::Router;
+use crate::config::{AppConfig, Limits};
+use crate::mailbox::{Close, Command, Mailbox};
 use crate::presence::Presence;
-use crate::protocol::Payload;
-use crate::pubsub::PubSub;
-use crate::runtime::{Plugin, PluginSlot, Runtime};
-use crate::socket::{Close, Item, Outbox};
+use crate::protocol::{Payload, TopicPattern};
+use crate::pubsub::{Delivery, PubSub};
+use crate::runtime::{Compiled, Plugin, PluginSlot, Runtime, TimerBudget};
+use crate::storage::{Kv, Quotas, Storage};
 
 pub struct App {
-    pub name: Arc<str>,
-    pub pubsub: PubSub,
+    name: Arc<str>,
+    pubsub: PubSub,
     /// Who is on each topic, as the app's channels track it.
-    pub presence: Presence,
-    state: RwLock<Arc<AppState>>,
+    presence: Presence,
+    /// Swapped whole by a config reload; read without a lock.
+    state: ArcSwap<AppState>,
     /// Every open socket of the app, by its server-unique number.
     sockets: Mutex<HashMap<u64, SocketEntry>>,
+    /// Open connections, counted by [`AppPermit`]s.
+    connections: AtomicUsize,
     /// Channels joined on all of the app's sockets.
     channels: AtomicUsize,
+    /// Timers pending on all of the app's channels.
+    timers: Arc<TimerBudget>,
 }
 
 struct SocketEntry {
     /// `users_socket:<sub>`, for disconnecting a user's sockets.
     socket_id: Option<String>,
-    outbox: Outbox,
+    mailbox: Mailbox,
 }
 
 /// What a config reload replaces.
 pub struct AppState {
-    pub config: AppConfig,
-    pub router: Router,
+    config: AppConfig,
+    router: Router,
+    /// The app's storage, if it grants the `kv` capability.
+    kv: Option<Kv>,
 }
 
 impl AppState {
     /// Builds the routes of `config`, reusing the slots of `current` for
-    /// plugin files it already serves and loading the others. Fails, changing
-    /// nothing, if any new plugin does not load.
+    /// plugin files it already serves and loading the others (a file another
+    /// app already serves is compiled once). Fails, changing nothing, if any
+    /// new plugin does not load or imports a capability the app does not
+    /// grant.
     pub async fn load(
         runtime: &Runtime,
+        storage: &Storage,
         name: &str,
         config: AppConfig,
         current: Option<&AppState>,
@@ -62,10 +80,16 @@ impl AppState {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (pattern, path) in &config.routes {
             let slot = match slots.get(path) {
-                Some(slot) => slot.clone(),
+                Some(slot) => {
+                    // A granted capability may have been taken away.
+                    grants(&config, name, slot.current().compiled())?;
+                    slot.clone()
+                }
                 None => {
-                    let plugin = Plugin::load(runtime, name, path, config.limits.guest()).await?;
-                    tracing::info!(app = name, plugin = plugin.name(), version = plugin.version(), path = %path.display(), "plugin loaded");
+                    let compiled = runtime.compile(path).await?;
+                    grants(&config, name, &compiled)?;
+                    tracing::info!(app = name, plugin = compiled.name(), version = compiled.version(), path = %path.display(), "plugin loaded");
+                    let plugin = Plugin::new(runtime.clone(), compiled, name.into());
                     let slot = Arc::new(PluginSlot::new(plugin));
                     slots.insert(path.clone(), slot.clone());
                     slot
@@ -73,11 +97,51 @@ impl AppState {
             };
             routes.push((TopicPattern::parse(pattern)?, slot));
         }
+        let kv = match config.capabilities.kv {
+            true => Some(storage.kv(name, Quotas::from_limits(&config.limits))?),
+            false => None,
+        };
         Ok(Self {
-            config,
-            router: Router::new(routes),
+            kv,
+            ..Self::new(config, Router::new(routes))
         })
     }
+
+    /// A state with no storage, for tests and apps that grant none.
+    pub fn new(config: AppConfig, router: Router) -> Self {
+        Self {
+            config,
+            router,
+            kv: None,
+        }
+    }
+
+    pub fn kv(&self) -> Option<&Kv> {
+        self.kv.as_ref()
+    }
+
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+}
+
+/// Refuses a plugin that imports a capability the app does not grant.
+pub fn grants(config: &AppConfig, app: &str, plugin: &Compiled) -> anyhow::Result<()> {
+    if plugin.uses_kv() && !config.capabilities.kv {
+        anyhow::bail!(
+            "plugin {} imports key-value storage (roost:channel/kv), which app `{app}` does not grant: add `[apps.{app}.capabilities]` with `kv = true`",
+            plugin.path().display()
+        );
+    }
+    Ok(())
 }
 
 impl App {
@@ -86,28 +150,41 @@ impl App {
             name: name.into(),
             pubsub: PubSub::default(),
             presence: Presence::default(),
-            state: RwLock::new(Arc::new(state)),
+            state: ArcSwap::from_pointee(state),
             sockets: Mutex::new(HashMap::new()),
+            connections: AtomicUsize::new(0),
             channels: AtomicUsize::new(0),
+            timers: Arc::default(),
         }
+    }
+
+    /// The app's count of pending timers.
+    pub fn timers(&self) -> &Arc<TimerBudget> {
+        &self.timers
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
     }
 
     /// The app's config and routes now.
     pub fn state(&self) -> Arc<AppState> {
-        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.state.load_full()
+    }
+
+    pub fn pubsub(&self) -> &PubSub {
+        &self.pubsub
+    }
+
+    pub fn presence(&self) -> &Presence {
+        &self.presence
     }
 
     /// Swaps in a new state. Slots the new routes no longer use are retired,
     /// and every socket is told to end its channels on them.
     pub fn replace_state(&self, state: AppState) {
-        let old = std::mem::replace(
-            &mut *self.state.write().unwrap_or_else(|p| p.into_inner()),
-            Arc::new(state),
-        );
+        let old = self.state.swap(Arc::new(state));
         let new = self.state();
-        for slot in new.router.slots() {
-            slot.current().set_limits(new.config.limits.guest());
-        }
         let mut retired = false;
         for slot in old.router.slots() {
             if !new.router.slots().any(|s| Arc::ptr_eq(s, slot)) {
@@ -116,7 +193,7 @@ impl App {
             }
         }
         if retired {
-            self.tell_sockets(Item::Reroute);
+            self.tell_sockets(Command::Reroute);
         }
     }
 
@@ -125,12 +202,30 @@ impl App {
         for slot in self.state().router.slots() {
             slot.retire();
         }
-        self.tell_sockets(Item::Close(close));
+        self.tell_sockets(Command::Close(close));
     }
 
-    pub fn register_socket(&self, socket: u64, socket_id: Option<String>, outbox: Outbox) {
+    /// Takes one of the app's connections, if it is below its
+    /// `max_connections`; the connection is counted until the permit drops.
+    /// One atomic step, so concurrent connects cannot overshoot the limit.
+    pub fn admit(self: &Arc<Self>) -> Option<AppPermit> {
+        let limit = self.state().config.limits.max_connections;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .ok()?;
+        Some(AppPermit { app: self.clone() })
+    }
+
+    /// Registers a socket, so disconnects and config changes reach it.
+    pub fn register_socket(&self, socket: u64, socket_id: Option<String>, mailbox: Mailbox) {
         self.lock_sockets()
-            .insert(socket, SocketEntry { socket_id, outbox });
+            .insert(socket, SocketEntry { socket_id, mailbox });
+    }
+
+    pub fn unregister_socket(&self, socket: u64) {
+        self.lock_sockets().remove(&socket);
     }
 
     /// Closes every socket with this socket id (all of one user's sockets,
@@ -143,7 +238,9 @@ impl App {
             .filter(|entry| entry.socket_id.as_deref() == Some(socket_id));
         let mut closed = 0;
         for entry in matching {
-            entry.outbox.push_control(Item::Close(Close::Disconnected));
+            entry
+                .mailbox
+                .post_control(Command::Close(Close::Disconnected));
             closed += 1;
         }
         closed
@@ -163,23 +260,9 @@ impl App {
         self.channels.load(Ordering::Relaxed)
     }
 
-    pub fn unregister_socket(&self, socket: u64) {
-        self.lock_sockets().remove(&socket);
-    }
-
-    /// How many sockets are open.
+    /// How many sockets are open (both transports).
     pub fn socket_count(&self) -> usize {
-        self.lock_sockets().len()
-    }
-
-    fn tell_sockets(&self, item: Item) {
-        for entry in self.lock_sockets().values() {
-            entry.outbox.push_control(item.clone());
-        }
-    }
-
-    fn lock_sockets(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SocketEntry>> {
-        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Broadcasts to the app's subscribers of `topic` (all but the socket
@@ -193,11 +276,87 @@ impl App {
         except: Option<u64>,
     ) -> usize {
         let intercepted = self
-            .state()
+            .state
+            .load()
             .router
             .route(topic)
             .is_some_and(|slot| slot.current().intercepts(event));
-        self.pubsub
-            .broadcast(topic, event, payload, except, intercepted)
+        let delivery = if intercepted {
+            Delivery::Intercepted
+        } else {
+            Delivery::Fastlane
+        };
+        self.pubsub.deliver(topic, event, payload, except, delivery)
+    }
+
+    fn tell_sockets(&self, command: Command) {
+        for entry in self.lock_sockets().values() {
+            entry.mailbox.post_control(command.clone());
+        }
+    }
+
+    fn lock_sockets(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SocketEntry>> {
+        // Single-step updates: a poisoned map is still consistent.
+        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One open connection of an app, counted until dropped (it moves into the
+/// connection's session).
+pub struct AppPermit {
+    app: Arc<App>,
+}
+
+impl Drop for AppPermit {
+    fn drop(&mut self) {
+        self.app.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn app(max_connections: usize) -> Arc<App> {
+        let config = Config::parse(
+            &format!(
+                "[apps.a]\nmount = \"/a\"\nroutes = {{ x = \"x.wasm\" }}\n[apps.a.limits]\nmax_connections = {max_connections}\n"
+            ),
+            "/srv".as_ref(),
+        )
+        .unwrap();
+        let config = config.apps["a"].clone();
+        Arc::new(App::new("a", AppState::new(config, Router::default())))
+    }
+
+    #[test]
+    fn admits_up_to_the_limit_and_frees_on_drop() {
+        let app = app(2);
+        let first = app.admit().expect("first");
+        let _second = app.admit().expect("second");
+        assert!(app.admit().is_none(), "the third is over the limit");
+        assert_eq!(app.socket_count(), 2);
+        drop(first);
+        assert!(app.admit().is_some(), "a dropped permit frees its place");
+    }
+
+    #[test]
+    fn disconnect_reaches_only_the_sockets_with_that_id() {
+        let app = app(10);
+        let (ada, bob) = (Mailbox::new(100), Mailbox::new(100));
+        app.register_socket(1, Some("users_socket:ada".into()), ada.clone());
+        app.register_socket(2, Some("users_socket:bob".into()), bob.clone());
+        assert_eq!(app.disconnect("users_socket:ada"), 1);
+        let mut commands = Vec::new();
+        ada.take_commands(&mut commands);
+        assert!(matches!(
+            commands[..],
+            [Command::Close(Close::Disconnected)]
+        ));
+        bob.take_commands(&mut commands);
+        assert_eq!(commands.len(), 1, "bob got nothing");
+        app.unregister_socket(1);
+        assert_eq!(app.disconnect("users_socket:ada"), 0);
     }
 }

@@ -6,14 +6,15 @@
 //!
 //! [apps.demo]
 //! mount = "/socket"
+//! static = "www"     # optional: files for browsers, at `web_path` (default `/`)
 //! [apps.demo.routes]
 //! "ping" = "plugins/target/wasm32-wasip2/release/ping.wasm"
 //! "room:*" = "plugins/target/wasm32-wasip2/release/room_chat.wasm"
 //! ```
 //!
 //! Everything is validated by [`Config::load`] before the server starts, with
-//! messages naming the app, the key and the problem. Plugin paths are relative
-//! to the config file's directory.
+//! messages naming the app, the key and the problem. Plugin paths and
+//! `static` directories are relative to the config file's directory.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,7 +24,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::channel::TopicPattern;
+use crate::protocol::TopicPattern;
+
+/// Where Roost serves its own files for pages (the phoenix client).
+pub const ROOST_PATH: &str = "/_roost";
+
+/// Paths no `web_path` may take, nor sit under: the HTTP API, the health
+/// check and Roost's own files.
+pub const RESERVED_PATHS: &[&str] = &["/api", "/health", ROOST_PATH];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,8 +57,13 @@ pub struct ServerConfig {
     pub watch: bool,
     /// Where compiled plugins are cached by content hash; empty disables it.
     pub cache_dir: PathBuf,
+    /// Where the embedded key-value store keeps its file (`kv.sqlite3`).
+    pub data_dir: PathBuf,
     /// Open sockets, all apps together; past it, HTTP 503.
     pub max_connections: usize,
+    /// On shutdown (Ctrl-C, SIGTERM), how long connections get to close and
+    /// channels to terminate before the process exits anyway.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -60,9 +73,20 @@ impl Default for ServerConfig {
             node: default_node_name(),
             watch: true,
             cache_dir: default_cache_dir(),
+            data_dir: default_data_dir(),
             max_connections: 100_000,
+            drain_timeout_ms: 10_000,
         }
     }
+}
+
+/// `$XDG_DATA_HOME/roost`, else `~/.local/share/roost`.
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("roost")
 }
 
 /// `$XDG_CACHE_HOME/roost/plugins`, else `~/.cache/roost/plugins`.
@@ -78,6 +102,10 @@ impl ServerConfig {
     /// The compiled-plugin cache directory, unless disabled.
     pub fn cache_dir(&self) -> Option<PathBuf> {
         (!self.cache_dir.as_os_str().is_empty()).then(|| self.cache_dir.clone())
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
     }
 }
 
@@ -117,6 +145,19 @@ pub struct AppConfig {
     pub check_origin: CheckOrigin,
     #[serde(default)]
     pub limits: Limits,
+    /// What the app's plugins may use beyond the always-granted imports.
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    /// A directory served over HTTP at `web_path` (relative to the config
+    /// file; made absolute), e.g. a page that connects to this app. Files
+    /// are read per request, so edits show at once.
+    #[serde(default, rename = "static")]
+    pub static_dir: Option<PathBuf>,
+    /// Where `static` is served. Defaults to `/` when only one app has
+    /// `static`; required otherwise. It may not be, or be under, an app's
+    /// mount or Roost's own paths (`/api`, `/health`, `/_roost`).
+    #[serde(default)]
+    pub web_path: Option<String>,
     /// The resolved `secrets`.
     #[serde(skip)]
     pub secrets: Vec<Secret>,
@@ -144,6 +185,16 @@ impl Default for CheckOrigin {
     fn default() -> Self {
         Self::Enabled(true)
     }
+}
+
+/// Capabilities an app grants its plugins (`[apps.<name>.capabilities]`).
+/// A plugin that imports one its app does not grant does not load.
+/// `channel`, `presence`, `log` and `timers` are always granted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capabilities {
+    /// Key-value storage (`roost:channel/kv`).
+    pub kv: bool,
 }
 
 /// A secret's bytes; never printed.
@@ -213,6 +264,14 @@ pub struct Limits {
     pub join_deadline_ms: u64,
     /// Linear memory one plugin instance may grow to.
     pub guest_memory_bytes: usize,
+    /// Pending timers (`send-after`) one channel may have, and the app in all.
+    pub timers_per_channel: usize,
+    pub timers_per_app: usize,
+    /// Key-value storage quotas: keys the app may hold, and the largest
+    /// value and key, in bytes.
+    pub kv_max_keys: usize,
+    pub kv_max_value_bytes: usize,
+    pub kv_max_key_bytes: usize,
 }
 
 impl Default for Limits {
@@ -230,6 +289,11 @@ impl Default for Limits {
             call_deadline_ms: 1_000,
             join_deadline_ms: 5_000,
             guest_memory_bytes: 64 << 20,
+            timers_per_channel: 100,
+            timers_per_app: 100_000,
+            kv_max_keys: 100_000,
+            kv_max_value_bytes: 64 << 10,
+            kv_max_key_bytes: 512,
         }
     }
 }
@@ -250,6 +314,7 @@ impl Limits {
             join_deadline: Duration::from_millis(self.join_deadline_ms),
             memory_bytes: self.guest_memory_bytes,
             output_bytes: self.max_frame_bytes,
+            timers_per_channel: self.timers_per_channel,
         }
     }
 }
@@ -312,6 +377,11 @@ impl Config {
                 l.longpoll_body_bytes,
                 l.max_connections,
                 l.guest_memory_bytes,
+                l.timers_per_channel,
+                l.timers_per_app,
+                l.kv_max_keys,
+                l.kv_max_value_bytes,
+                l.kv_max_key_bytes,
             ];
             let times = [
                 l.idle_timeout_ms,
@@ -342,8 +412,75 @@ impl Config {
         if config.apps.is_empty() {
             bail!("no apps: add an `[apps.<name>]` table");
         }
+        validate_web_paths(&mut config.apps, base)?;
         Ok(config)
     }
+}
+
+/// Resolves each app's `static` directory and settles its `web_path`: the
+/// default, the syntax, and that it takes no path already taken.
+fn validate_web_paths(apps: &mut BTreeMap<String, AppConfig>, base: &Path) -> anyhow::Result<()> {
+    let serving = apps.values().filter(|a| a.static_dir.is_some()).count();
+    let mounts: Vec<(String, String)> = apps
+        .iter()
+        .map(|(name, app)| (name.clone(), app.mount.clone()))
+        .collect();
+    let mut taken: BTreeMap<String, &str> = BTreeMap::new();
+    for (name, app) in apps.iter_mut() {
+        let Some(dir) = &mut app.static_dir else {
+            if app.web_path.is_some() {
+                bail!("app `{name}`: key `web_path`: it needs `static`, the directory to serve");
+            }
+            continue;
+        };
+        *dir = std::path::absolute(base.join(&*dir))?;
+        if !dir.is_dir() {
+            bail!(
+                "app `{name}`: key `static`: {} is not a directory",
+                dir.display()
+            );
+        }
+        let web_path = match app.web_path.as_deref() {
+            Some(path) => path,
+            None if serving == 1 => "/",
+            None => {
+                bail!("app `{name}`: key `web_path`: required when more than one app has `static`")
+            }
+        };
+        let trimmed = web_path.trim_end_matches('/');
+        let web_path = if trimmed.is_empty() { "/" } else { trimmed };
+        let bad_segment = web_path
+            .split('/')
+            .skip(1)
+            .any(|s| s == "." || s == ".." || (s.is_empty() && web_path != "/"));
+        if !web_path.starts_with('/')
+            || web_path.contains(['?', '#', '%', '\\', ' '])
+            || bad_segment
+        {
+            bail!(
+                "app `{name}`: key `web_path`: `{web_path}` must be a path starting with `/`, \
+                 without `.`, `..`, `%`, `?`, `#` or spaces"
+            );
+        }
+        let under = |base: &str| web_path == base || web_path.starts_with(&format!("{base}/"));
+        if let Some(reserved) = RESERVED_PATHS.iter().find(|r| under(r)) {
+            bail!(
+                "app `{name}`: key `web_path`: `{web_path}` is under `{reserved}`, which Roost serves"
+            );
+        }
+        if let Some((other, mount)) = mounts.iter().find(|(_, mount)| under(mount)) {
+            bail!(
+                "app `{name}`: key `web_path`: `{web_path}` is under `{mount}`, the mount of app `{other}`"
+            );
+        }
+        if let Some(other) = taken.insert(web_path.to_owned(), name) {
+            bail!(
+                "app `{name}`: key `web_path`: `{web_path}` is already the web path of app `{other}`"
+            );
+        }
+        app.web_path = Some(web_path.to_owned());
+    }
+    Ok(())
 }
 
 fn resolve_all(sources: &[String], base: &Path) -> anyhow::Result<Vec<Secret>> {
@@ -362,6 +499,8 @@ pub struct GuestLimits {
     /// Largest payload (or assigns) a guest may hand back: frames are
     /// bounded both ways by `max_frame_bytes`.
     pub output_bytes: usize,
+    /// Pending timers one channel may have.
+    pub timers_per_channel: usize,
 }
 
 impl Default for GuestLimits {
@@ -442,6 +581,80 @@ mod tests {
         assert!(e.contains("app `a`: key `check_origin`"), "{e}");
         let e = error(&format!("{base}[apps.a.limits]\nmax_connections = 0"));
         assert!(e.contains("app `a`: key `limits`"), "{e}");
+    }
+
+    #[test]
+    fn static_dirs_get_a_web_path_that_takes_nothing_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("www/a")).unwrap();
+        let app = |name: &str, mount: &str, extra: &str| {
+            format!("[apps.{name}]\nmount = \"{mount}\"\nroutes = {{ x = \"x.wasm\" }}\n{extra}\n")
+        };
+        let parse = |text: &str| Config::parse(text, dir.path());
+        let error = |text: &str| format!("{:#}", parse(text).expect_err("refused"));
+
+        // One app with `static`: served at `/`, the directory made absolute.
+        let config =
+            parse(&(app("a", "/socket", "static = \"www\"") + &app("b", "/b", ""))).unwrap();
+        assert_eq!(config.apps["a"].web_path.as_deref(), Some("/"));
+        assert_eq!(
+            config.apps["a"].static_dir.as_deref(),
+            Some(&*dir.path().join("www"))
+        );
+        assert_eq!(config.apps["b"].web_path, None);
+        let config = parse(&app(
+            "a",
+            "/socket",
+            "static = \"www\"\nweb_path = \"/ui/\"",
+        ))
+        .unwrap();
+        assert_eq!(config.apps["a"].web_path.as_deref(), Some("/ui"));
+
+        // Two need explicit, distinct web paths.
+        let two = app("a", "/s", "static = \"www\"") + &app("b", "/b", "static = \"www/a\"");
+        let e = error(&two);
+        assert!(e.contains("app `a`: key `web_path`: required"), "{e}");
+        let e = error(
+            &(app("a", "/s", "static = \"www\"\nweb_path = \"/x\"")
+                + &app("b", "/b", "static = \"www/a\"\nweb_path = \"/x/\"")),
+        );
+        assert!(
+            e.contains("app `b`: key `web_path`: `/x` is already the web path of app `a`"),
+            "{e}"
+        );
+
+        for (web_path, problem) in [
+            (
+                "/socket",
+                "`/socket` is under `/socket`, the mount of app `a`",
+            ),
+            ("/b/page", "`/b/page` is under `/b`, the mount of app `b`"),
+            ("/api", "`/api` is under `/api`, which Roost serves"),
+            ("/health", "is under `/health`"),
+            ("/_roost/x", "is under `/_roost`"),
+            ("ui", "must be a path starting with `/`"),
+            ("/a/../b", "must be a path"),
+            ("/a%2f", "must be a path"),
+        ] {
+            let text = app(
+                "a",
+                "/socket",
+                &format!("static = \"www\"\nweb_path = \"{web_path}\""),
+            ) + &app("b", "/b", "");
+            let e = error(&text);
+            assert!(e.contains("app `a`: key `web_path`"), "{web_path}: {e}");
+            assert!(e.contains(problem), "{web_path}: {e}");
+        }
+        let e = error(&app("a", "/s", "static = \"missing\""));
+        assert!(
+            e.contains("app `a`: key `static`:") && e.contains("not a directory"),
+            "{e}"
+        );
+        let e = error(&app("a", "/s", "web_path = \"/x\""));
+        assert!(
+            e.contains("app `a`: key `web_path`: it needs `static`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -2,44 +2,64 @@
 //! components.
 //!
 //! # Layout
+//! - [`server`]: the composition root — builds the parts below from the
+//!   config, wires them, serves HTTP. Only `main` and tests use it.
+//! - [`shutdown`]: the cancellation token and task tracker, `drain(timeout)`.
 //! - [`config`]: the TOML config, validated before anything starts.
-//! - [`server`]: listener, per-request routing to apps, shutdown.
+//! - [`apps`]: the running apps by mount, connection admission and limits,
+//!   applying a changed config.
+//! - [`app`]: one app — its state (config, routes), pub/sub, presence,
+//!   sockets — and [`app::App::broadcast`], the one way to broadcast.
 //! - [`auth`]: origin checks and token verification at connect.
-//! - [`api`]: the per-app HTTP API (broadcast, disconnect, status) and health.
-//! - [`app`]: one app's routes, limits and pub/sub.
-//! - [`transport`]: WebSocket (and long-poll) endpoints.
-//! - [`socket`]: the per-connection Phoenix state machine and its outbox.
-//! - [`protocol`]: the wire formats — pure code, no I/O.
-//! - [`channel`]: topic patterns and routing.
+//! - [`transport`]: the WebSocket and long-poll adapters onto the socket loop.
+//! - [`socket`]: the per-connection actor ([`socket::run`]) and its Phoenix
+//!   state machine ([`socket::Session`]).
+//! - [`mailbox`]: a socket's two-lane inbox (frames, commands) and the close
+//!   codes.
+//! - [`channel`]: which plugin serves a topic.
+//! - [`runtime`]: wasmtime, compiled plugins, warm instances, host imports.
 //! - [`pubsub`]: per-app subscriptions and encode-once fan-out.
 //! - [`presence`]: per-app presence tracking and Phoenix presence diffs.
-//! - [`runtime`]: wasmtime, plugins, warm instances, host imports.
+//! - [`storage`]: plugins' key-value storage, one namespace per app.
+//! - [`protocol`]: the wire formats and topic patterns — pure code, no I/O.
 //! - [`reload`]: watches plugin files and the config, swaps in new versions.
 //! - [`scaffold`]: `roost new`, a new plugin project in Rust or JavaScript.
+//! - [`api`]: the per-app HTTP API (broadcast, disconnect, status) and health.
+//! - [`web`]: each app's static files and the official phoenix client, over
+//!   plain HTTP.
+//!
+//! No module imports one that imports it back (a test checks the `use
+//! crate::` lines); `protocol`, `config`, `mailbox` and `shutdown` are leaves.
 //!
 //! # How a message flows
-//! 1. A client connects to `<mount>/websocket?vsn=2.0.0`; the server finds
-//!    the app by mount, negotiates the serializer and starts a socket task.
-//! 2. The task decodes each frame with [`protocol`] and hands it to its
-//!    [`socket::Session`], strictly in order.
-//! 3. `phx_join` is routed by topic pattern to a plugin; the guest's `join`
-//!    runs with a context (app, topic, socket id, claims, assigns).
-//! 4. Events go to `handle_in`. The guest's host calls (`push`,
-//!    `broadcast`) are recorded and applied in order when it returns; the
-//!    reply follows them, and the channel's new assigns are stored.
-//! 5. A broadcast is encoded once per serializer and the same bytes are
-//!    queued on every subscriber's outbox, unless the plugin intercepts the
-//!    event, in which case each subscriber's session runs `handle_out`.
-//! 6. The socket task writes its outbox out, several frames per flush; a
-//!    client too slow to keep its outbox under the cap is disconnected.
+//! 1. **socket** — a client connects to `<mount>/websocket?vsn=2.0.0` (or
+//!    `/longpoll`); the transport admits it (`apps`: serializer, capacity,
+//!    token) and runs [`socket::run`] over an adapter for its connection.
+//!    The loop reads decoded messages and the socket's mailbox, in order.
+//! 2. **session** — each message goes to the [`socket::Session`]:
+//!    heartbeats, joins, leaves; `phx_join` is routed by topic pattern
+//!    ([`channel`]) to a plugin.
+//! 3. **runtime** — the guest's `join` / `handle_in` runs on a warm instance
+//!    with a context (topic, socket id, claims, assigns) and a deadline; its
+//!    host calls (`push`, `broadcast`, presence) are recorded and applied by
+//!    the session in order when it returns, after the reply for `join`.
+//! 4. **pubsub** — a broadcast goes through [`app::App::broadcast`]:
+//!    encoded once per serializer, the same bytes posted to every
+//!    subscriber's mailbox, unless the plugin intercepts the event, in which
+//!    case each subscriber's session gets a command to run `handle_out`.
+//! 5. **subscribers** — each socket's loop writes what its mailbox holds,
+//!    several frames per flush; a client too slow to keep its mailbox under
+//!    the cap is disconnected (1008).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod api;
 pub mod app;
+pub mod apps;
 pub mod auth;
 pub mod channel;
 pub mod config;
+pub mod mailbox;
 pub mod presence;
 pub mod protocol;
 pub mod pubsub;
@@ -47,5 +67,8 @@ pub mod reload;
 pub mod runtime;
 pub mod scaffold;
 pub mod server;
+pub mod shutdown;
 pub mod socket;
+pub mod storage;
 pub mod transport;
+pub mod web;

@@ -81,6 +81,20 @@ fn parse_claim(text: &str) -> Result<(String, Value), String> {
     Ok((key.to_owned(), value))
 }
 
+/// Waits for Ctrl-C or SIGTERM (what containers and systemd send); both
+/// drain the same way.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => {
+            result.context("listening for Ctrl-C")?;
+            Ok("SIGINT")
+        }
+        _ = term.recv() => Ok("SIGTERM"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -111,10 +125,8 @@ async fn main() -> anyhow::Result<()> {
                 config.server.listen = listen;
             }
             let running = server::start(config).await?;
-            tokio::signal::ctrl_c()
-                .await
-                .context("waiting for ctrl-c")?;
-            tracing::info!("shutting down");
+            let signal = shutdown_signal().await?;
+            tracing::info!(signal, "shutting down");
             running.shutdown().await;
             Ok(())
         }

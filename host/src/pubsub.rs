@@ -1,15 +1,18 @@
 //! Local publish/subscribe: which sockets of an app are subscribed to which
-//! topic, and fan-out to their outboxes.
+//! topic, and fan-out to their mailboxes.
 //!
 //! One `PubSub` per app, so topics never cross apps. Fan-out encodes a
 //! broadcast once per serializer and hands every subscriber the same shared
-//! bytes (Phoenix's "fastlane").
+//! bytes (Phoenix's "fastlane"), or posts it as a command for each
+//! subscriber's `handle_out` when the topic's plugin intercepts the event.
+//! Which of the two is decided by the caller, `App::broadcast`, the one way
+//! to broadcast.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::mailbox::{Command, Intercepted, Mailbox, WireFrame};
 use crate::protocol::{self, Outbound, Payload, Serializer};
-use crate::socket::{Intercepted, Item, Outbox, WireFrame};
 
 /// A socket subscribed to a topic.
 #[derive(Clone)]
@@ -17,7 +20,16 @@ pub struct Subscriber {
     /// The socket's unique id within the server.
     pub socket: u64,
     pub serializer: Serializer,
-    pub outbox: Outbox,
+    pub mailbox: Mailbox,
+}
+
+/// How a broadcast reaches a topic's subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Encoded once per serializer, the same bytes for everyone.
+    Fastlane,
+    /// Through each subscriber's `handle_out`.
+    Intercepted,
 }
 
 /// A topic's subscribers by socket: one subscription per socket, and
@@ -38,14 +50,14 @@ impl PubSub {
             .insert(subscriber.socket, subscriber);
     }
 
-    /// Turns the subscription a joining channel made with a holding outbox
-    /// into `subscriber` (with the socket's own outbox), first moving what
-    /// the holding outbox caught into it. Under the lock, so no broadcast
+    /// Turns the subscription a joining channel made with a holding mailbox
+    /// into `subscriber` (with the socket's own mailbox), first moving what
+    /// the holding mailbox caught into it. Under the lock, so no broadcast
     /// lands in between: the socket gets the topic's broadcasts from before
     /// its join reply, in order, right after that reply.
-    pub fn release(&self, topic: &str, subscriber: Subscriber, held: &Outbox) {
+    pub fn release(&self, topic: &str, subscriber: Subscriber, held: &Mailbox) {
         let mut topics = self.lock();
-        subscriber.outbox.take_from(held);
+        subscriber.mailbox.take_from(held);
         topics
             .entry(topic.to_owned())
             .or_default()
@@ -62,30 +74,30 @@ impl PubSub {
         }
     }
 
-    /// Sends an event to every subscriber of `topic` but `except`: encoded
-    /// once per serializer, or as an [`Intercepted`] item for the
-    /// subscriber's `handle_out` when `intercepted`. Returns how many
-    /// subscribers it reached.
-    pub fn broadcast(
+    /// Delivers an event to every subscriber of `topic` but the socket
+    /// `except`. Returns how many subscribers it reached.
+    pub fn deliver(
         &self,
         topic: &str,
         event: &str,
         payload: &Payload,
         except: Option<u64>,
-        intercepted: bool,
+        delivery: Delivery,
     ) -> usize {
-        // Fan-out runs under the lock: pushing to an outbox never waits.
+        // Fan-out runs under the lock: posting to a mailbox never waits.
         let topics = self.lock();
         let Some(subscribers) = topics.get(topic) else {
             return 0;
         };
-        if intercepted {
-            let item = Item::Intercept(Arc::new(Intercepted {
+        if delivery == Delivery::Intercepted {
+            let intercepted = Arc::new(Intercepted {
                 topic: topic.to_owned(),
                 event: event.to_owned(),
                 payload: payload.clone(),
-            }));
-            return deliver(subscribers, except, |_| Some(item.clone()));
+            });
+            return fan_out(subscribers, except, |_| {
+                Some(Post::Command(Command::Intercept(intercepted.clone())))
+            });
         }
         let message = Outbound::Broadcast {
             topic: topic.to_owned(),
@@ -94,7 +106,7 @@ impl PubSub {
         };
         // Encoded at most once per serializer, on first need.
         let (mut v1, mut v2): (Option<Option<WireFrame>>, Option<Option<WireFrame>>) = (None, None);
-        deliver(subscribers, except, |serializer| {
+        fan_out(subscribers, except, |serializer| {
             let slot = match serializer {
                 Serializer::V1 => &mut v1,
                 Serializer::V2 => &mut v2,
@@ -112,7 +124,7 @@ impl PubSub {
                     .ok()
                     .map(WireFrame::from)
             });
-            frame.clone().map(Item::Frame)
+            frame.clone().map(Post::Frame)
         })
     }
 
@@ -122,22 +134,128 @@ impl PubSub {
     }
 }
 
-fn deliver(
+/// What fan-out posts to one subscriber.
+enum Post {
+    Frame(WireFrame),
+    Command(Command),
+}
+
+fn fan_out(
     subscribers: &Subscribers,
     except: Option<u64>,
-    mut item_for: impl FnMut(Serializer) -> Option<Item>,
+    mut post_for: impl FnMut(Serializer) -> Option<Post>,
 ) -> usize {
     let mut reached = 0;
     for subscriber in subscribers.values() {
         if Some(subscriber.socket) == except {
             continue;
         }
-        if let Some(item) = item_for(subscriber.serializer) {
-            // An overflowed outbox is its socket's problem: it is being
-            // disconnected, and the other subscribers still get the message.
-            subscriber.outbox.push(item);
-            reached += 1;
-        }
+        // An overflowed mailbox is its socket's problem: it is being
+        // disconnected, and the other subscribers still get the message.
+        match post_for(subscriber.serializer) {
+            Some(Post::Frame(frame)) => subscriber.mailbox.post_frame(frame),
+            Some(Post::Command(command)) => subscriber.mailbox.post_command(command),
+            None => continue,
+        };
+        reached += 1;
     }
     reached
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscriber(socket: u64, serializer: Serializer) -> (Subscriber, Mailbox) {
+        let mailbox = Mailbox::new(1 << 20);
+        let subscriber = Subscriber {
+            socket,
+            serializer,
+            mailbox: mailbox.clone(),
+        };
+        (subscriber, mailbox)
+    }
+
+    fn frames(mailbox: &Mailbox) -> Vec<String> {
+        let mut frames = Vec::new();
+        mailbox.take_frames(&mut frames);
+        frames
+            .into_iter()
+            .map(|frame| match frame {
+                WireFrame::Text(text) => text.to_string(),
+                WireFrame::Binary(_) => "<binary>".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fastlane_encodes_once_per_serializer_and_skips_the_sender() {
+        let pubsub = PubSub::default();
+        let (a, a_box) = subscriber(1, Serializer::V2);
+        let (b, b_box) = subscriber(2, Serializer::V1);
+        let (c, c_box) = subscriber(3, Serializer::V2);
+        for s in [a, b, c] {
+            pubsub.subscribe("t", s);
+        }
+        let payload = Payload::json_raw(r#"{"x":1}"#);
+        let reached = pubsub.deliver("t", "e", &payload, Some(3), Delivery::Fastlane);
+        assert_eq!(reached, 2);
+        assert_eq!(frames(&a_box), [r#"[null,null,"t","e",{"x":1}]"#]);
+        assert_eq!(
+            frames(&b_box),
+            [r#"{"event":"e","payload":{"x":1},"ref":null,"topic":"t"}"#]
+        );
+        assert!(frames(&c_box).is_empty(), "the sender is skipped");
+        assert_eq!(
+            pubsub.deliver("other", "e", &payload, None, Delivery::Fastlane),
+            0
+        );
+    }
+
+    #[test]
+    fn intercepted_events_become_commands() {
+        let pubsub = PubSub::default();
+        let (a, a_box) = subscriber(1, Serializer::V2);
+        pubsub.subscribe("t", a);
+        pubsub.deliver("t", "e", &Payload::empty(), None, Delivery::Intercepted);
+        assert!(frames(&a_box).is_empty());
+        let mut commands = Vec::new();
+        a_box.take_commands(&mut commands);
+        assert!(matches!(&commands[..], [Command::Intercept(i)] if i.event == "e"));
+    }
+
+    #[test]
+    fn release_keeps_what_the_hold_caught_after_the_reply() {
+        let pubsub = PubSub::default();
+        let held = Mailbox::new(1 << 20);
+        let (joining, own) = subscriber(1, Serializer::V2);
+        pubsub.subscribe(
+            "t",
+            Subscriber {
+                mailbox: held.clone(),
+                ..joining.clone()
+            },
+        );
+        pubsub.deliver("t", "during", &Payload::empty(), None, Delivery::Fastlane);
+        own.post_frame(WireFrame::Text("reply".into()));
+        pubsub.release("t", joining, &held);
+        pubsub.deliver("t", "after", &Payload::empty(), None, Delivery::Fastlane);
+        assert_eq!(
+            frames(&own),
+            [
+                "reply",
+                r#"[null,null,"t","during",{}]"#,
+                r#"[null,null,"t","after",{}]"#
+            ]
+        );
+    }
+
+    #[test]
+    fn unsubscribe_drops_an_empty_topic() {
+        let pubsub = PubSub::default();
+        let (a, _) = subscriber(1, Serializer::V2);
+        pubsub.subscribe("t", a);
+        pubsub.unsubscribe("t", 1);
+        assert!(pubsub.lock().is_empty());
+    }
 }

@@ -3,12 +3,13 @@
 //!
 //! File events are debounced per path (a compiler or an editor writes a file
 //! in several steps), then the file is compiled off the async threads and
-//! validated by `Plugin::load`, and swapped into its slot. Calls already
+//! validated once (`Runtime::compile`), and swapped into the slot of every
+//! app that routes to it. Calls already
 //! running finish on the old version; joined channels keep their assigns and
 //! are served by the new version from their next message on. A file that
 //! does not load never replaces a working version: the failure is logged and
 //! kept for the status API. A config change is applied whole, or refused
-//! whole (`Server::apply`).
+//! whole (`Apps::apply`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,10 +22,11 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::app::App;
+use crate::app::{self, App};
+use crate::apps::Apps;
 use crate::config::Config;
 use crate::runtime::{Plugin, PluginSlot};
-use crate::server::Server;
+use crate::shutdown::Shutdown;
 
 /// Quiet time after the last event on a path before it is reloaded: long
 /// enough to merge the steps of one write, short enough to leave most of the
@@ -33,7 +35,7 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// Starts watching `config` (if the server was started from a file) and
 /// every plugin file of every app, on a task that ends with the server.
-pub fn watch(server: Server, config: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn watch(apps: Apps, shutdown: Shutdown, config: Option<PathBuf>) -> anyhow::Result<()> {
     let (events, mut changed) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Our own reads of a file show up as access events: not changes.
@@ -59,17 +61,17 @@ pub fn watch(server: Server, config: Option<PathBuf>) -> anyhow::Result<()> {
     })
     .context("starting the file watcher")?;
     let mut watched = BTreeSet::new();
-    rewatch(&server, config.as_deref(), &mut watcher, &mut watched);
+    rewatch(&apps, config.as_deref(), &mut watcher, &mut watched);
 
-    let shutdown = server.shutdown_token();
-    server.tracker().spawn(async move {
+    let tracked = shutdown.clone();
+    tracked.spawn(async move {
         let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
         loop {
             let next = pending.values().min().copied();
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(path) = changed.recv() => {
-                    if config.as_deref() == Some(&*path) || !slots(&server, &path).is_empty() {
+                    if config.as_deref() == Some(&*path) || !slots(&apps, &path).is_empty() {
                         pending.insert(path, Instant::now() + DEBOUNCE);
                     }
                 }
@@ -80,10 +82,10 @@ pub fn watch(server: Server, config: Option<PathBuf>) -> anyhow::Result<()> {
                     for path in ready {
                         pending.remove(&path);
                         if config.as_deref() == Some(&*path) {
-                            reload_config(&server, &path).await;
-                            rewatch(&server, config.as_deref(), &mut watcher, &mut watched);
+                            reload_config(&apps, &path).await;
+                            rewatch(&apps, config.as_deref(), &mut watcher, &mut watched);
                         } else {
-                            reload_plugin(&server, &path).await;
+                            reload_plugin(&apps, &path).await;
                         }
                     }
                 }
@@ -103,17 +105,17 @@ async fn sleep_until(at: Option<Instant>) {
 /// Watches the directory of the config and of every plugin file: files are
 /// often replaced by rename, which a watch on the file itself would lose.
 fn rewatch(
-    server: &Server,
+    apps: &Apps,
     config: Option<&Path>,
     watcher: &mut impl Watcher,
     watched: &mut BTreeSet<PathBuf>,
 ) {
-    let plugin_files = server
-        .apps()
+    let plugin_files = apps
+        .all()
         .iter()
         .flat_map(|app| {
             app.state()
-                .router
+                .router()
                 .slots()
                 .map(|s| s.path().to_owned())
                 .collect::<Vec<_>>()
@@ -139,11 +141,11 @@ fn rewatch(
 }
 
 /// Every (app, slot) serving the file at `path`.
-fn slots(server: &Server, path: &Path) -> Vec<(Arc<App>, Arc<PluginSlot>)> {
-    let mut found: Vec<(Arc<App>, Arc<PluginSlot>)> = Vec::new();
-    for app in server.apps() {
-        for slot in app.state().router.slots() {
-            if slot.path() == path && !found.iter().any(|(_, s)| Arc::ptr_eq(s, slot)) {
+fn slots(apps: &Apps, path: &Path) -> Vec<(Arc<App>, Arc<PluginSlot>)> {
+    let mut found = Vec::new();
+    for app in apps.all() {
+        for slot in app.state().router().slots() {
+            if slot.path() == path {
                 found.push((app.clone(), slot.clone()));
             }
         }
@@ -158,50 +160,68 @@ fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
     Some((meta.len(), meta.modified().ok()?))
 }
 
-async fn reload_plugin(server: &Server, path: &Path) {
-    for (app, slot) in slots(server, path) {
-        let started = std::time::Instant::now();
-        let before = stamp(path);
-        if before.is_none() {
-            tracing::warn!(app = %app.name, path = %path.display(), "plugin file is gone; the loaded version keeps serving");
-            continue;
+/// Compiles the changed file once and swaps it into every app serving it.
+async fn reload_plugin(apps: &Apps, path: &Path) {
+    let serving = slots(apps, path);
+    if serving.is_empty() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let before = stamp(path);
+    if before.is_none() {
+        tracing::warn!(path = %path.display(), "plugin file is gone; the loaded version keeps serving");
+        return;
+    }
+    let compiled = match apps.runtime().compile(path).await {
+        Ok(compiled) => compiled,
+        // Changed while we compiled it: a later event brings the rest.
+        Err(_) if stamp(path) != before => {
+            tracing::debug!(path = %path.display(), "plugin file still changing");
+            return;
         }
-        let limits = app.state().config.limits.guest();
-        match Plugin::load(server.runtime(), &app.name, path, limits).await {
-            Ok(plugin) if plugin.version() == slot.current().version() => {
-                tracing::debug!(app = %app.name, path = %path.display(), "plugin file touched, content unchanged");
-            }
-            Ok(plugin) => {
-                tracing::info!(
-                    app = %app.name,
-                    plugin = plugin.name(),
-                    version = plugin.version(),
-                    previous = slot.current().version(),
-                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-                    "plugin reloaded"
-                );
-                slot.replace(plugin);
-            }
-            // Changed while we compiled it: a later event brings the rest.
-            Err(_) if stamp(path) != before => {
-                tracing::debug!(app = %app.name, path = %path.display(), "plugin file still changing");
-            }
-            Err(error) => {
+        Err(error) => {
+            for (app, slot) in serving {
                 tracing::warn!(
-                    app = %app.name,
+                    app = %app.name(),
                     path = %path.display(),
                     serving = slot.current().version(),
                     "plugin reload failed, the last good version keeps serving: {error:#}"
                 );
                 slot.record_failure(format!("{error:#}"));
             }
+            return;
         }
+    };
+    for (app, slot) in serving {
+        let previous = slot.current();
+        if let Err(error) = app::grants(app.state().config(), app.name(), &compiled) {
+            tracing::warn!(app = %app.name(), path = %path.display(), serving = previous.version(), "plugin reload refused, the last good version keeps serving: {error:#}");
+            slot.record_failure(format!("{error:#}"));
+            continue;
+        }
+        if previous.version() == compiled.version() {
+            tracing::debug!(app = %app.name(), path = %path.display(), "plugin file touched, content unchanged");
+            continue;
+        }
+        tracing::info!(
+            app = %app.name(),
+            plugin = compiled.name(),
+            version = compiled.version(),
+            previous = previous.version(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "plugin reloaded"
+        );
+        slot.replace(Plugin::new(
+            apps.runtime().clone(),
+            compiled.clone(),
+            app.name().clone(),
+        ));
     }
 }
 
-async fn reload_config(server: &Server, path: &Path) {
+async fn reload_config(apps: &Apps, path: &Path) {
     let applied = match Config::load(path) {
-        Ok(config) => server.apply(config.apps).await,
+        Ok(config) => apps.apply(config.apps).await,
         Err(error) => Err(error),
     };
     match applied {

@@ -44,6 +44,46 @@ async fn seed_transcript_replays_exactly() {
 }
 
 #[tokio::test]
+async fn an_event_ping_does_not_handle_crashes_only_that_channel() {
+    // As a Phoenix channel with no matching handle_in clause: phx_error
+    // (ref = join_ref), then the topic is unmatched until the client rejoins.
+    let server = TestServer::demo().await;
+    let mut c = server.connect_v2().await;
+    c.call(
+        r#"["1","1","ping","phx_join",{}]"#,
+        r#"["1","1","ping","phx_reply",{"response":{},"status":"ok"}]"#,
+    )
+    .await;
+    c.call(
+        r#"["2","2","wild:1:2","phx_join",{}]"#,
+        r#"["2","2","wild:1:2","phx_reply",{"response":{},"status":"ok"}]"#,
+    )
+    .await;
+    c.call(
+        r#"["1","3","ping","no_such_event",{}]"#,
+        r#"["1","1","ping","phx_error",{"reason":"channel_crash"}]"#,
+    )
+    .await;
+    c.call(
+        r#"["1","4","ping","ping",{}]"#,
+        r#"[null,"4","ping","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]"#,
+    )
+    .await;
+    // The socket and its other channel are unaffected; a rejoin works.
+    c.call(
+        r#"["2","5","wild:1:2","ping",{}]"#,
+        r#"["2","5","wild:1:2","phx_reply",{"response":{"ping":"pong"},"status":"ok"}]"#,
+    )
+    .await;
+    c.call(
+        r#"["6","6","ping","phx_join",{}]"#,
+        r#"["6","6","ping","phx_reply",{"response":{},"status":"ok"}]"#,
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn ping_events() {
     let server = TestServer::demo().await;
     let mut c = server.connect_v2().await;

@@ -356,7 +356,7 @@ async fn a_thousand_sessions_wait_and_all_get_a_broadcast() {
     for p in &mut pollers {
         p.messages(2).await;
     }
-    assert_eq!(server.server().longpoll().len(), sessions);
+    assert_eq!(server.server().longpoll_sessions().len(), sessions);
     // Every session now parks a GET; one broadcast wakes them all.
     let waiting: Vec<_> = pollers
         .into_iter()

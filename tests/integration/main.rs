@@ -8,3 +8,4 @@ mod presence;
 mod protocol;
 mod reload;
 mod sandbox;
+mod web;

@@ -107,7 +107,7 @@ async fn joining_the_room_tracks_the_user_and_pushes_the_state() {
     .await;
     ada.expect_masked(&mut refs, &diff("room:p", bob_joined))
         .await;
-    assert_eq!(server.app("/socket").presence.count("room:p"), 2);
+    assert_eq!(server.app("/socket").presence().count("room:p"), 2);
     ada.expect_silence().await;
     server.stop().await;
 }
@@ -133,7 +133,7 @@ async fn leaving_broadcasts_the_leave_to_the_others() {
     .await;
     // The leaver is no longer subscribed: it does not hear its own leave.
     bob.expect_silence().await;
-    assert_eq!(server.app("/socket").presence.count("room:l"), 1);
+    assert_eq!(server.app("/socket").presence().count("room:l"), 1);
     server.stop().await;
 }
 
@@ -152,7 +152,7 @@ async fn a_closed_socket_leaves_the_room() {
         ),
     )
     .await;
-    assert_eq!(server.app("/socket").presence.count("room:c"), 1);
+    assert_eq!(server.app("/socket").presence().count("room:c"), 1);
     server.stop().await;
 }
 
@@ -240,7 +240,7 @@ async fn a_duplicate_join_replaces_the_old_channels_presence() {
     .await;
     bob.expect_masked(&mut refs, &diff("room:d", ada_again))
         .await;
-    assert_eq!(server.app("/socket").presence.count("room:d"), 2);
+    assert_eq!(server.app("/socket").presence().count("room:d"), 2);
     server.stop().await;
 }
 
@@ -310,7 +310,7 @@ async fn a_crashed_channel_leaves() {
             ),
         )
         .await;
-    assert_eq!(server.app("/socket").presence.count("fixture:crash"), 1);
+    assert_eq!(server.app("/socket").presence().count("fixture:crash"), 1);
     server.stop().await;
 }
 
@@ -462,7 +462,7 @@ async fn terminate_cannot_track_and_a_bad_meta_crashes_the_channel() {
         .expect(r#"["1","1","fixture:t","phx_close",{}]"#)
         .await;
     watcher.expect_silence().await;
-    assert_eq!(server.app("/socket").presence.count("fixture:t"), 1);
+    assert_eq!(server.app("/socket").presence().count("fixture:t"), 1);
 
     // A meta that is not a JSON object is the guest's error: its channel
     // crashes, having tracked nothing.
@@ -472,7 +472,7 @@ async fn terminate_cannot_track_and_a_bad_meta_crashes_the_channel() {
     watcher
         .expect(r#"["1","1","fixture:t","phx_error",{"reason":"channel_crash"}]"#)
         .await;
-    assert_eq!(server.app("/socket").presence.count("fixture:t"), 0);
+    assert_eq!(server.app("/socket").presence().count("fixture:t"), 0);
     server.stop().await;
 }
 
@@ -502,7 +502,7 @@ async fn a_removed_route_takes_its_channels_presence() {
     )
     .await;
     let app = server.app("/socket");
-    assert_eq!(app.presence.count("room:gone"), 1);
+    assert_eq!(app.presence().count("room:gone"), 1);
 
     // Replaced as an editor saves: the route goes, the channel errors.
     let tmp = dir.path().join(".roost.toml.tmp");
@@ -510,8 +510,8 @@ async fn a_removed_route_takes_its_channels_presence() {
     std::fs::rename(&tmp, &config).expect("rename config");
     ada.expect(r#"["1","1","room:gone","phx_error",{"reason":"channel_crash"}]"#)
         .await;
-    assert_eq!(app.presence.count("room:gone"), 0);
-    assert_eq!(app.presence.list("room:gone"), "{}");
+    assert_eq!(app.presence().count("room:gone"), 0);
+    assert_eq!(app.presence().list("room:gone"), "{}");
     server.stop().await;
 }
 
@@ -552,6 +552,6 @@ async fn a_burst_of_joins_sees_everyone() {
             }
         }
     }
-    assert_eq!(server.app("/socket").presence.count("room:burst"), USERS);
+    assert_eq!(server.app("/socket").presence().count("room:burst"), USERS);
     server.stop().await;
 }

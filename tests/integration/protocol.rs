@@ -3,7 +3,9 @@
 
 use roost_tests::{Client, TestServer};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -441,5 +443,34 @@ async fn idle_means_nothing_inbound_even_while_broadcasts_flow_out() {
         }
     };
     assert_eq!(close.map(|f| u16::from(f.code)), Some(4000));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    // RFC 6455 §5.5.1: the server answers a Close with a Close, so the
+    // client sees its own code back rather than an abnormal 1006.
+    let server = TestServer::demo().await;
+    let mut c = joined(&server, "ping").await;
+    c.send_message(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await;
+    let answer = c.expect_close().await.expect("the server's close frame");
+    assert_eq!(answer.code, CloseCode::Normal);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn get_root_says_where_the_sockets_are() {
+    let server = TestServer::demo().await;
+    let response = reqwest::get(server.url("/")).await.expect("GET /");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("a body");
+    assert!(text.contains("/socket/websocket"), "{text}");
+    assert!(text.contains("/socket/longpoll"), "{text}");
+    let missing = reqwest::get(server.url("/nowhere")).await.expect("GET");
+    assert_eq!(missing.status(), 404);
     server.stop().await;
 }

@@ -65,7 +65,7 @@ fn slot(server: &TestServer, topic: &str) -> Arc<PluginSlot> {
     server
         .app("/socket")
         .state()
-        .router
+        .router()
         .route(topic)
         .cloned()
         .expect("routed")

@@ -106,7 +106,7 @@ async fn each_guest_failure_ends_only_its_channel() {
     let slot = server
         .app("/socket")
         .state()
-        .router
+        .router()
         .route("fixture:x")
         .cloned()
         .expect("route");

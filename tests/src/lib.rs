@@ -85,8 +85,8 @@ impl TestServer {
     }
 
     /// The running server's shared state.
-    pub fn server(&self) -> &roost_host::server::Server {
-        self.running.as_ref().expect("running").server()
+    pub fn server(&self) -> &Running {
+        self.running.as_ref().expect("running")
     }
 
     /// Starts a server from config text (plugin paths absolute).
@@ -123,7 +123,7 @@ impl TestServer {
     pub fn app(&self, mount: &str) -> std::sync::Arc<roost_host::app::App> {
         self.running
             .as_ref()
-            .and_then(|running| running.server().app(mount))
+            .and_then(|running| running.app(mount))
             .expect("app is mounted")
     }
 

@@ -9,13 +9,16 @@
 //! - `json`: the V1 (object) and V2 (array) JSON serializers.
 //! - `binary`: V2 binary frames (§2.3).
 //! - `longpoll`: long-poll POST bodies (§5.3): ndjson batches of frames.
+//! - `topic`: topic patterns of the config's routes (`ping`, `room:*`).
 
 mod binary;
 pub mod event;
 mod json;
 mod longpoll;
+mod topic;
 
 pub use longpoll::{MAX_BATCH_LINES, decode_longpoll_body};
+pub use topic::{PatternError, TopicPattern};
 
 use bytes::Bytes;
 use serde_json::value::RawValue;

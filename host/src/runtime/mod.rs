@@ -2,23 +2,34 @@
 //! instances, deadlines and the host imports.
 //!
 //! # Layout
-//! - `bindings`: the `roost:channel` world for wasmtime, and the host imports,
-//!   which only record [`Effect`]s for the caller to apply in order.
-//! - `plugin`: a compiled plugin version with its pool of warm instances, and
-//!   the calls (`join`, `handle_in`, …) with deadline and memory cap.
+//! - `store`: the per-instance state and the host side of every import,
+//!   which record [`Effect`]s for the caller to apply in order (storage is
+//!   the one import that does I/O).
+//! - `world_v01`, `world_v02`: the two contract versions the host links side
+//!   by side, `roost:channel@0.1.0` and `@0.2.0`, over that one `store`.
+//! - `compiled`: one compiled version of a plugin file, shared by every app
+//!   that routes to it (compiled once, however many apps use it).
+//! - `plugin`: a compiled version serving one app, with that app's pool of
+//!   warm instances, and the calls (`join`, `handle_in`, …) run with the
+//!   app's deadline and memory cap.
+//! - `slot`: the swappable current version of an app's plugin file.
 //! - `guest_log`: guest stdout/stderr as host log lines.
 //!
 //! A plugin instance keeps nothing that matters between calls (channel state
 //! is the host-owned `assigns`), so any warm instance can serve any channel,
 //! and a trapped instance is simply dropped.
 
-mod bindings;
+mod compiled;
 mod guest_log;
 mod plugin;
 mod slot;
+mod store;
+mod world_v01;
+mod world_v02;
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::Duration;
 
@@ -26,8 +37,9 @@ use anyhow::Context as _;
 use wasmtime::component::Linker;
 use wasmtime::{Cache, CacheConfig, Config, Engine};
 
-pub use bindings::{Effect, Outcome, StoreData};
-pub use plugin::{CallContext, Called, Plugin, PluginError, content_hash};
+pub use store::{Effect, Outcome, StoreData, TimerBudget};
+pub use compiled::{Compiled, content_hash};
+pub use plugin::{CallContext, Called, Plugin, PluginError};
 pub use slot::{PluginSlot, SlotStatus};
 
 /// How often the engine's epoch advances. A running guest is checked against
@@ -48,6 +60,9 @@ struct Shared {
     linker: Linker<StoreData>,
     /// This server's node name, for the `node-name` import.
     node: Arc<str>,
+    /// Compiled versions in use, by file: an app loading a file another app
+    /// already serves at the same content gets the same compilation.
+    compiled: Mutex<HashMap<PathBuf, Weak<Compiled>>>,
 }
 
 impl Runtime {
@@ -71,7 +86,9 @@ impl Runtime {
         };
         let engine = Engine::new(&config).map_err(anyhow_error)?;
         let mut linker = Linker::new(&engine);
-        bindings::add_to_linker(&mut linker).map_err(anyhow_error)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_error)?;
+        world_v01::add_to_linker(&mut linker).map_err(anyhow_error)?;
+        world_v02::add_to_linker(&mut linker).map_err(anyhow_error)?;
 
         let ticker = engine.weak();
         thread::Builder::new()
@@ -91,8 +108,35 @@ impl Runtime {
                 cache,
                 linker,
                 node: node.into(),
+                compiled: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The file at `path` compiled and validated: the version in use if its
+    /// content is unchanged, else a new compilation (off the async threads).
+    pub async fn compile(&self, path: &Path) -> anyhow::Result<Arc<Compiled>> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("reading plugin {}", path.display()))?;
+        let version = content_hash(&bytes);
+        let in_use = self.lock_compiled().get(path).and_then(Weak::upgrade);
+        if let Some(compiled) = in_use.filter(|c| c.version() == version) {
+            return Ok(compiled);
+        }
+        let compiled = Arc::new(Compiled::load(self, path, version, bytes).await?);
+        let mut map = self.lock_compiled();
+        map.retain(|_, weak| weak.strong_count() > 0);
+        map.insert(path.to_owned(), Arc::downgrade(&compiled));
+        Ok(compiled)
+    }
+
+    fn lock_compiled(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Weak<Compiled>>> {
+        // Single-step updates: a poisoned map is still consistent.
+        self.shared
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Compilations served from the on-disk cache, and those that were not.

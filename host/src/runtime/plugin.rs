@@ -1,33 +1,32 @@
-//! A compiled plugin version: its `InstancePre`, a small pool of warm
-//! instances, and the channel callbacks run with a deadline and a memory cap.
+//! A compiled plugin version serving one app: its pool of warm instances,
+//! and the channel callbacks run with the app's deadline and memory cap.
 //!
 //! Each instance has its own `Store`, so a trap poisons nothing but the
 //! instance that trapped, which is dropped instead of going back to the pool.
+//! Instances are per app, never shared: a guest's memory may hold what one
+//! app's calls gave it, and another app must not see that.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::de::IgnoredAny;
-use sha2::{Digest, Sha256};
-
-use anyhow::Context as _;
-use wasmtime::component::Component;
 use wasmtime::{Store, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use super::Runtime;
-use super::bindings::{self, Channel, ChannelPre, Effect, Outcome, StoreData};
+use super::compiled::{Compiled, Pre};
 use super::guest_log::GuestLog;
+use super::store::{CallTimers, Effect, Outcome, StoreData, TimerBudget};
+use super::{world_v01 as v01, world_v02 as v02};
 use crate::config::GuestLimits;
 use crate::presence::{Owner, Presence};
 use crate::protocol::Payload;
-use bindings::roost::channel::types as wit;
+use crate::storage::Kv;
 
-/// Warm instances kept per plugin version. Calls rarely overlap (one per
-/// runtime thread, plus the few that yield at a deadline tick), so a few is
-/// enough; more would only hold guest memory.
+/// Warm instances kept per plugin version and app. Calls rarely overlap (one
+/// per runtime thread, plus the few that yield at a deadline tick), so a few
+/// is enough; more would only hold guest memory.
 const MAX_WARM: usize = 4;
 
 /// Why a guest call failed. Any of these ends the channel (or the join).
@@ -58,18 +57,28 @@ impl PluginError {
     }
 }
 
-/// Who a callback runs for; the host's view of the WIT `context`.
-#[derive(Debug, Clone, Copy)]
+/// Who a callback runs for, and what it may reach.
+#[derive(Debug, Clone)]
 pub struct CallContext<'a> {
     pub topic: &'a str,
-    pub socket_id: Option<&'a str>,
-    pub claims: &'a str,
-    pub assigns: &'a str,
+    pub socket_id: Option<&'a Arc<str>>,
+    pub claims: &'a Arc<str>,
+    pub assigns: &'a Arc<str>,
     /// The app's presence tracker, for the presence imports.
     pub presence: Option<&'a Presence>,
-    /// The channel that owns what the call tracks; `None` where the call
-    /// may read presence but not change it (`terminate`).
+    /// The channel that owns what the call tracks and the timers it sets;
+    /// `None` where the call may read presence but not change it, nor set
+    /// timers (`terminate`).
     pub owner: Option<Owner>,
+    /// The channel's pending timers, and the app's count of them.
+    pub timers: Vec<u64>,
+    pub timer_budget: Option<&'a Arc<TimerBudget>>,
+    /// The app's storage, if it grants the `kv` capability.
+    pub kv: Option<Kv>,
+    /// The app's bounds on its guests.
+    pub limits: GuestLimits,
+    /// The app's bound on pending timers, all channels together.
+    pub timers_per_app: usize,
 }
 
 /// A callback's result and the effects it recorded, in call order.
@@ -79,120 +88,57 @@ pub struct Called<T> {
     pub effects: Vec<Effect>,
 }
 
-/// One compiled version of a plugin file.
+/// One compiled version serving one app.
 pub struct Plugin {
     runtime: Runtime,
+    compiled: Arc<Compiled>,
     app: Arc<str>,
-    /// The file stem, e.g. `room_chat`.
-    name: Arc<str>,
-    path: PathBuf,
-    /// Content hash of the file this version was compiled from.
-    version: String,
-    loaded_at: SystemTime,
-    /// The app's guest limits; a config reload may change them.
-    limits: Mutex<GuestLimits>,
-    pre: ChannelPre<StoreData>,
-    intercepts: Vec<String>,
     warm: Mutex<Vec<Warm>>,
 }
 
-struct Warm {
+/// A guest instance of either contract version.
+enum Guest {
+    V01(v01::Channel),
+    V02(v02::Plugin),
+}
+
+/// An instance and its store, ready for a call.
+pub(super) struct Warm {
     store: Store<StoreData>,
-    channel: Channel,
+    guest: Guest,
 }
 
 impl Plugin {
-    /// Compiles the file off the async threads, then validates the result by
-    /// instantiating it once and reading its intercepts.
-    pub async fn load(
-        runtime: &Runtime,
-        app: &str,
-        path: &Path,
-        limits: GuestLimits,
-    ) -> anyhow::Result<Self> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .with_context(|| format!("reading plugin {}", path.display()))?;
-        let version = content_hash(&bytes);
-        let engine = runtime.engine().clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await?
-            .map_err(super::anyhow_error)
-            .with_context(|| format!("compiling plugin {}", path.display()))?;
-        Self::from_component(runtime, app, path, version, limits, &component)
-            .await
-            .with_context(|| format!("loading plugin {}", path.display()))
+    pub fn new(runtime: Runtime, compiled: Arc<Compiled>, app: Arc<str>) -> Self {
+        Self {
+            runtime,
+            compiled,
+            app,
+            warm: Mutex::new(Vec::new()),
+        }
     }
 
-    async fn from_component(
-        runtime: &Runtime,
-        app: &str,
-        path: &Path,
-        version: String,
-        limits: GuestLimits,
-        component: &Component,
-    ) -> anyhow::Result<Self> {
-        let instance_pre = runtime
-            .linker()
-            .instantiate_pre(component)
-            .map_err(super::anyhow_error)
-            .context("the component does not fit the roost:channel world")?;
-        let pre = ChannelPre::new(instance_pre)
-            .map_err(super::anyhow_error)
-            .context("the component does not export roost:channel/handler")?;
-        let name = path
-            .file_stem()
-            .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into());
-        let mut plugin = Self {
-            runtime: runtime.clone(),
-            app: app.into(),
-            name,
-            path: path.to_owned(),
-            version,
-            loaded_at: SystemTime::now(),
-            limits: Mutex::new(limits),
-            pre,
-            intercepts: Vec::new(),
-            warm: Mutex::new(Vec::new()),
-        };
-        let mut lease = plugin.lease(None, Deadline::Call).await?;
-        let result = lease
-            .channel
-            .roost_channel_handler()
-            .call_intercepts(&mut lease.store)
-            .await;
-        plugin.intercepts = plugin.finish(lease, result)?.value;
-        Ok(plugin)
+    /// The compiled version this serves.
+    pub fn compiled(&self) -> &Arc<Compiled> {
+        &self.compiled
     }
 
     pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        self.compiled.name()
     }
 
     pub fn version(&self) -> &str {
-        &self.version
-    }
-
-    pub fn loaded_at(&self) -> SystemTime {
-        self.loaded_at
-    }
-
-    /// The limits its calls run under.
-    pub fn limits(&self) -> GuestLimits {
-        *self.limits.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn set_limits(&self, limits: GuestLimits) {
-        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+        self.compiled.version()
     }
 
     /// Broadcast events this plugin handles in `handle_out`.
     pub fn intercepts(&self, event: &str) -> bool {
-        self.intercepts.iter().any(|e| e == event)
+        self.compiled.intercepts(event)
+    }
+
+    /// Warm instances held now.
+    pub fn warm_instances(&self) -> usize {
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// `join`: `Ok` joins with the outcome, `Err` refuses with a response.
@@ -201,21 +147,36 @@ impl Plugin {
         ctx: CallContext<'_>,
         payload: &Payload,
     ) -> Result<Called<Result<Outcome, Payload>>, PluginError> {
-        let mut lease = self.lease(Some(ctx), Deadline::Join).await?;
-        let result = lease
-            .channel
-            .roost_channel_handler()
-            .call_join(
-                &mut lease.store,
-                &self.context(ctx),
-                &bindings::to_wit(payload),
-            )
-            .await;
+        let mut lease = self.lease(&ctx, Deadline::Join).await?;
+        let max = ctx.limits.output_bytes;
+        let Warm { store, guest } = &mut lease;
+        let result = match guest {
+            Guest::V01(channel) => channel
+                .roost_channel_handler()
+                .call_join(&mut *store, &self.context_v01(&ctx), &v01::to_wit(payload))
+                .await
+                .map(|joined| {
+                    joined
+                        .map(|outcome| v01_outcome(outcome, max))
+                        .map_err(refusal(v01::from_wit))
+                }),
+            Guest::V02(plugin) => plugin
+                .roost_channel_handler()
+                .call_join(&mut *store, ctx.topic, &v02::to_wit(payload))
+                .await
+                .map(|joined| {
+                    joined
+                        .map(|joined| {
+                            let reply = Some(("ok".to_owned(), v02::from_wit(joined.response)));
+                            checked_outcome(reply, joined.assigns, None, max)
+                        })
+                        .map_err(refusal(v02::from_wit))
+                }),
+        };
         let called = self.finish(lease, result)?;
-        let max = self.limits().output_bytes;
         let value = match called.value {
-            Ok(outcome) => Ok(convert_outcome(outcome, max)?),
-            Err(refusal) => Err(bindings::from_wit(refusal).map_err(bad_output)?),
+            Ok(outcome) => Ok(outcome?),
+            Err(refusal) => Err(refusal?),
         };
         Ok(Called {
             value,
@@ -230,7 +191,7 @@ impl Plugin {
         event: &str,
         payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
-        self.handle(Direction::In, ctx, event, payload).await
+        self.handle(Callback::In(event, payload), ctx).await
     }
 
     /// `handle_out`: an intercepted broadcast about to reach the client.
@@ -240,34 +201,74 @@ impl Plugin {
         event: &str,
         payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
-        self.handle(Direction::Out, ctx, event, payload).await
+        self.handle(Callback::Out(event, payload), ctx).await
+    }
+
+    /// `handle_info`: one of the channel's timers fired. A 0.1 plugin has
+    /// no timers, so this never reaches one.
+    pub async fn handle_info(
+        &self,
+        ctx: CallContext<'_>,
+        message: &str,
+    ) -> Result<Called<Outcome>, PluginError> {
+        self.handle(Callback::Info(message), ctx).await
     }
 
     async fn handle(
         &self,
-        direction: Direction,
+        callback: Callback<'_>,
         ctx: CallContext<'_>,
-        event: &str,
-        payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
-        let mut lease = self.lease(Some(ctx), Deadline::Call).await?;
-        let handler = lease.channel.roost_channel_handler();
-        let (context, payload) = (self.context(ctx), bindings::to_wit(payload));
-        let result = match direction {
-            Direction::In => {
-                handler
-                    .call_handle_in(&mut lease.store, &context, event, &payload)
-                    .await
+        let mut lease = self.lease(&ctx, Deadline::Call).await?;
+        let max = ctx.limits.output_bytes;
+        let Warm { store, guest } = &mut lease;
+        let result = match guest {
+            Guest::V01(channel) => {
+                let handler = channel.roost_channel_handler();
+                let context = self.context_v01(&ctx);
+                let called = match callback {
+                    Callback::In(event, payload) => {
+                        handler
+                            .call_handle_in(&mut *store, &context, event, &v01::to_wit(payload))
+                            .await
+                    }
+                    Callback::Out(event, payload) => {
+                        handler
+                            .call_handle_out(&mut *store, &context, event, &v01::to_wit(payload))
+                            .await
+                    }
+                    Callback::Info(_) => Ok(v01::wit::Outcome {
+                        reply: None,
+                        assigns: None,
+                        stop: None,
+                    }),
+                };
+                called.map(|outcome| v01_outcome(outcome, max))
             }
-            Direction::Out => {
-                handler
-                    .call_handle_out(&mut lease.store, &context, event, &payload)
-                    .await
+            Guest::V02(plugin) => {
+                let handler = plugin.roost_channel_handler();
+                let called = match callback {
+                    Callback::In(event, payload) => {
+                        handler
+                            .call_handle_in(&mut *store, event, &v02::to_wit(payload))
+                            .await
+                    }
+                    Callback::Out(event, payload) => {
+                        handler
+                            .call_handle_out(&mut *store, event, &v02::to_wit(payload))
+                            .await
+                    }
+                    Callback::Info(message) => handler.call_handle_info(&mut *store, message).await,
+                };
+                called.map(|outcome| {
+                    let reply = outcome
+                        .reply
+                        .map(|reply| (reply.status, v02::from_wit(reply.response)));
+                    checked_outcome(reply, outcome.assigns, outcome.stop, max)
+                })
             }
         };
-        let max = self.limits().output_bytes;
-        self.finish(lease, result)?
-            .try_map(|outcome| convert_outcome(outcome, max))
+        self.finish(lease, result)?.try_map(|outcome| outcome)
     }
 
     /// `terminate`: the channel is going away for `reason`.
@@ -276,33 +277,40 @@ impl Plugin {
         ctx: CallContext<'_>,
         reason: &str,
     ) -> Result<Called<()>, PluginError> {
-        let mut lease = self.lease(Some(ctx), Deadline::Call).await?;
-        let result = lease
-            .channel
-            .roost_channel_handler()
-            .call_terminate(&mut lease.store, &self.context(ctx), reason)
-            .await;
+        let mut lease = self.lease(&ctx, Deadline::Call).await?;
+        let Warm { store, guest } = &mut lease;
+        let result = match guest {
+            Guest::V01(channel) => {
+                channel
+                    .roost_channel_handler()
+                    .call_terminate(&mut *store, &self.context_v01(&ctx), reason)
+                    .await
+            }
+            Guest::V02(plugin) => {
+                plugin
+                    .roost_channel_handler()
+                    .call_terminate(&mut *store, reason)
+                    .await
+            }
+        };
         self.finish(lease, result)
     }
 
-    fn context(&self, ctx: CallContext<'_>) -> wit::Context {
-        wit::Context {
+    /// The 0.1 context record, copied whole into the guest on every call.
+    fn context_v01(&self, ctx: &CallContext<'_>) -> v01::wit::Context {
+        v01::wit::Context {
             app: self.app.to_string(),
             topic: ctx.topic.to_owned(),
-            socket_id: ctx.socket_id.map(str::to_owned),
-            claims: ctx.claims.to_owned(),
-            assigns: ctx.assigns.to_owned(),
+            socket_id: ctx.socket_id.map(|id| id.to_string()),
+            claims: ctx.claims.to_string(),
+            assigns: ctx.assigns.to_string(),
         }
     }
 
     /// Takes a warm instance (or makes one), arms its deadline, and sets
-    /// what the call may reach (topic, presence).
-    async fn lease(
-        &self,
-        ctx: Option<CallContext<'_>>,
-        deadline: Deadline,
-    ) -> Result<Warm, PluginError> {
-        let limits = self.limits();
+    /// what the call may reach (context, presence, timers, storage).
+    async fn lease(&self, ctx: &CallContext<'_>, deadline: Deadline) -> Result<Warm, PluginError> {
+        let limits = ctx.limits;
         let deadline = match deadline {
             Deadline::Join => limits.join_deadline,
             Deadline::Call => limits.call_deadline,
@@ -310,16 +318,36 @@ impl Plugin {
         let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut warm = match warm {
             Some(warm) => warm,
-            None => self.instantiate().await?,
+            None => {
+                Warm::new(
+                    &self.runtime,
+                    &self.compiled.pre,
+                    &self.app,
+                    self.compiled.name_arc(),
+                    limits,
+                )
+                .await?
+            }
         };
         let data = warm.store.data_mut();
         {
             let mut current = data.topic.lock().unwrap_or_else(|p| p.into_inner());
             current.clear();
-            current.push_str(ctx.map_or("", |ctx| ctx.topic));
+            current.push_str(ctx.topic);
         }
-        data.presence = ctx.and_then(|ctx| ctx.presence.cloned());
-        data.owner = ctx.and_then(|ctx| ctx.owner);
+        data.socket_id = ctx.socket_id.cloned();
+        data.claims = ctx.claims.clone();
+        data.assigns = ctx.assigns.clone();
+        data.presence = ctx.presence.cloned();
+        data.owner = ctx.owner;
+        data.timers = CallTimers {
+            pending: ctx.timers.clone(),
+            per_channel: limits.timers_per_channel,
+            per_app: ctx.timers_per_app,
+            budget: ctx.timer_budget.cloned(),
+            reserved: 0,
+        };
+        data.kv = ctx.kv.clone();
         data.max_output = limits.output_bytes;
         data.deadline = Instant::now() + deadline;
         data.budget = deadline;
@@ -331,11 +359,31 @@ impl Plugin {
         Ok(warm)
     }
 
-    async fn instantiate(&self) -> Result<Warm, PluginError> {
+    /// Collects a call's effects; the instance goes back to the pool only if
+    /// the call succeeded.
+    fn finish<T>(&self, warm: Warm, result: wasmtime::Result<T>) -> Result<Called<T>, PluginError> {
+        let (called, warm) = warm.finish(result)?;
+        let mut pool = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < MAX_WARM {
+            pool.push(warm);
+        }
+        Ok(called)
+    }
+}
+
+impl Warm {
+    /// Instantiates `pre` for `app`, bounded by `limits`.
+    async fn new(
+        runtime: &Runtime,
+        pre: &Pre,
+        app: &Arc<str>,
+        plugin: &Arc<str>,
+        limits: GuestLimits,
+    ) -> Result<Self, PluginError> {
         let topic = Arc::new(std::sync::Mutex::new(String::new()));
         let log = |stream| GuestLog {
-            app: self.app.clone(),
-            plugin: self.name.clone(),
+            app: app.clone(),
+            plugin: plugin.clone(),
             topic: topic.clone(),
             stream,
         };
@@ -345,19 +393,18 @@ impl Plugin {
             .stdout(log("stdout"))
             .stderr(log("stderr"))
             .build();
-        let guest = self.limits();
-        let limits = memory_limits(guest.memory_bytes);
         let data = StoreData::new(
             wasi,
-            limits,
-            self.runtime.node().clone(),
-            self.app.clone(),
-            self.name.clone(),
+            memory_limits(limits.memory_bytes),
+            runtime.node().clone(),
+            app.clone(),
+            plugin.clone(),
             topic,
         );
-        let mut store = Store::new(self.runtime.engine(), data);
+        let mut store = Store::new(runtime.engine(), data);
         // Instantiation runs guest start-up code: bound it like a join.
-        store.data_mut().deadline = Instant::now() + guest.join_deadline;
+        store.data_mut().deadline = Instant::now() + limits.join_deadline;
+        store.data_mut().budget = limits.join_deadline;
         store.limiter(|data| &mut data.limits);
         // Checked once per epoch tick: yield to other tasks until the
         // deadline, then trap. tokio's `yield_now` (rather than a plain
@@ -374,37 +421,61 @@ impl Plugin {
             }
         });
         store.set_epoch_deadline(1);
-        let channel = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| PluginError::Instantiate(format!("{e:#}")))?;
-        Ok(Warm { store, channel })
+        let instantiate = |e: wasmtime::Error| PluginError::Instantiate(format!("{e:#}"));
+        let guest = match pre {
+            Pre::V01(pre) => Guest::V01(pre.instantiate_async(&mut store).await.map_err(instantiate)?),
+            Pre::V02(pre) => Guest::V02(pre.instantiate_async(&mut store).await.map_err(instantiate)?),
+        };
+        Ok(Self { store, guest })
     }
 
-    /// Collects a call's effects; the instance goes back to the pool only if
-    /// the call succeeded.
-    fn finish<T>(
-        &self,
-        mut warm: Warm,
-        result: wasmtime::Result<T>,
-    ) -> Result<Called<T>, PluginError> {
-        let data = warm.store.data_mut();
-        let effects = data.take_effects();
-        let bad_import = data.bad_import.take();
-        let value = match result {
-            Ok(value) => value,
-            Err(error) => return Err(classify(error, data.budget)),
+    /// Instantiates `pre` once, as a check that it starts, and reads its
+    /// intercepts.
+    pub(super) async fn intercepts(
+        runtime: &Runtime,
+        pre: &Pre,
+        plugin: &Arc<str>,
+    ) -> Result<Vec<String>, PluginError> {
+        let limits = GuestLimits::default();
+        let mut warm = Self::new(runtime, pre, &"-".into(), plugin, limits).await?;
+        warm.store.data_mut().deadline = Instant::now() + limits.call_deadline;
+        warm.store.data_mut().budget = limits.call_deadline;
+        let Warm { store, guest } = &mut warm;
+        let result = match guest {
+            Guest::V01(channel) => channel.roost_channel_handler().call_intercepts(&mut *store).await,
+            Guest::V02(plugin) => plugin.roost_channel_handler().call_intercepts(&mut *store).await,
         };
-        if let Some(problem) = bad_import {
-            return Err(PluginError::BadOutput(problem));
-        }
-        let mut pool = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < MAX_WARM {
-            pool.push(warm);
-        }
-        Ok(Called { value, effects })
+        Ok(warm.finish(result)?.0.value)
     }
+
+    /// Collects a call's effects; gives the instance back only if the call
+    /// succeeded (a trapped instance must not serve again). A failed call
+    /// applies nothing.
+    fn finish<T>(mut self, result: wasmtime::Result<T>) -> Result<(Called<T>, Self), PluginError> {
+        let data = self.store.data_mut();
+        let bad_import = data.bad_import.take();
+        let value = match (result, bad_import) {
+            (Ok(value), None) => value,
+            (Err(error), _) => {
+                data.abandon();
+                return Err(classify(error, data.budget));
+            }
+            (Ok(_), Some(problem)) => {
+                data.abandon();
+                return Err(PluginError::BadOutput(problem));
+            }
+        };
+        let effects = data.take_effects();
+        Ok((Called { value, effects }, self))
+    }
+}
+
+/// A callback that takes an event or a message.
+#[derive(Clone, Copy)]
+enum Callback<'a> {
+    In(&'a str, &'a Payload),
+    Out(&'a str, &'a Payload),
+    Info(&'a str),
 }
 
 impl<T> Called<T> {
@@ -432,13 +503,6 @@ fn classify(error: wasmtime::Error, budget: Duration) -> PluginError {
     PluginError::Trap(text)
 }
 
-/// Which way an event is going: `handle_in` or `handle_out`.
-#[derive(Clone, Copy)]
-enum Direction {
-    In,
-    Out,
-}
-
 /// Which of the app's deadlines a call runs under.
 #[derive(Clone, Copy)]
 enum Deadline {
@@ -455,51 +519,56 @@ fn memory_limits(bytes: usize) -> wasmtime::StoreLimits {
         .build()
 }
 
-/// The first 16 hex digits of the file's SHA-256: enough to tell versions apart.
-pub fn content_hash(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn bad_output(error: serde_json::Error) -> PluginError {
     PluginError::BadOutput(error.to_string())
 }
 
+/// Converts a join refusal's payload, validating its JSON.
+fn refusal<P>(
+    from_wit: fn(P) -> Result<Payload, serde_json::Error>,
+) -> impl Fn(P) -> Result<Payload, PluginError> {
+    move |payload| from_wit(payload).map_err(bad_output)
+}
+
+fn v01_outcome(outcome: v01::wit::Outcome, max: usize) -> Result<Outcome, PluginError> {
+    let reply = outcome
+        .reply
+        .map(|reply| (reply.status, v01::from_wit(reply.response)));
+    checked_outcome(reply, outcome.assigns, outcome.stop, max)
+}
+
 /// Checks a guest's outcome: valid JSON, assigns an object, nothing larger
 /// than `max` bytes.
-fn convert_outcome(outcome: wit::Outcome, max: usize) -> Result<Outcome, PluginError> {
+fn checked_outcome(
+    reply: Option<(String, Result<Payload, serde_json::Error>)>,
+    assigns: Option<String>,
+    stop: Option<String>,
+    max: usize,
+) -> Result<Outcome, PluginError> {
     let too_big = |what: &str, len: usize| {
         PluginError::BadOutput(format!("{what} of {len} bytes, over the limit of {max}"))
     };
-    let reply = match outcome.reply {
-        Some(reply) => {
-            let response = bindings::from_wit(reply.response).map_err(bad_output)?;
+    let reply = match reply {
+        Some((status, response)) => {
+            let response = response.map_err(bad_output)?;
             if response.len() > max {
                 return Err(too_big("reply", response.len()));
             }
-            Some((reply.status, response))
+            Some((status, response))
         }
         None => None,
     };
-    let assigns = match outcome.assigns {
-        Some(text) => {
-            if text.len() > max {
-                return Err(too_big("assigns", text.len()));
-            }
-            // Checks it is a JSON object without building it.
-            serde_json::from_str::<BTreeMap<String, IgnoredAny>>(&text).map_err(|e| {
-                PluginError::BadOutput(format!("assigns must be a JSON object: {e}"))
-            })?;
-            Some(text)
+    if let Some(text) = &assigns {
+        if text.len() > max {
+            return Err(too_big("assigns", text.len()));
         }
-        None => None,
-    };
+        // Checks it is a JSON object without building it.
+        serde_json::from_str::<BTreeMap<String, IgnoredAny>>(text)
+            .map_err(|e| PluginError::BadOutput(format!("assigns must be a JSON object: {e}")))?;
+    }
     Ok(Outcome {
         reply,
         assigns,
-        stop: outcome.stop,
+        stop,
     })
 }

@@ -1,21 +1,25 @@
-//! The plugin serving a route, swappable while channels use it.
+//! The plugin serving an app's routes to one file, swappable while channels
+//! use it.
 //!
 //! A joined channel keeps its route's slot, so its next call runs whatever
-//! version the slot holds then: hot reload is one pointer swap. The slot
-//! also keeps what the status API reports: the version, when it loaded, and
-//! the last failed reload.
+//! version the slot holds then: hot reload is one pointer swap, and reading
+//! the current version takes no lock. The slot also keeps what the status
+//! API reports: the version, when it loaded, the last failed reload, and
+//! failed calls.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
 
 use super::Plugin;
 
 pub struct PluginSlot {
     path: PathBuf,
-    current: RwLock<Arc<Plugin>>,
+    current: ArcSwap<Plugin>,
     /// Set when a config change removed the route: channels on it end.
     retired: AtomicBool,
     last_error: Mutex<Option<(SystemTime, String)>>,
@@ -32,6 +36,8 @@ pub struct SlotStatus {
     pub plugin: String,
     /// Content hash of the file now serving.
     pub version: String,
+    /// The contract it was built against: `0.1.0` or `0.2.0`.
+    pub wit_version: &'static str,
     /// Seconds since the Unix epoch.
     pub loaded_at: u64,
     pub reloads: u64,
@@ -40,13 +46,15 @@ pub struct SlotStatus {
     pub last_error_at: Option<u64>,
     /// Failed guest calls by kind since the slot was made.
     pub call_failures: BTreeMap<&'static str, u64>,
+    /// Instances kept warm for this app.
+    pub warm_instances: usize,
 }
 
 impl PluginSlot {
     pub fn new(plugin: Plugin) -> Self {
         Self {
-            path: plugin.path().to_owned(),
-            current: RwLock::new(Arc::new(plugin)),
+            path: plugin.compiled().path().to_owned(),
+            current: ArcSwap::from_pointee(plugin),
             retired: AtomicBool::new(false),
             last_error: Mutex::new(None),
             reloads: AtomicU64::new(0),
@@ -61,16 +69,12 @@ impl PluginSlot {
 
     /// The version serving calls now.
     pub fn current(&self) -> Arc<Plugin> {
-        // A poisoned lock still holds a valid Arc: writers only assign it.
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.load_full()
     }
 
     /// Swaps in a new version; calls already running finish on the old one.
     pub fn replace(&self, plugin: Plugin) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(plugin);
+        self.current.store(Arc::new(plugin));
         self.reloads.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -110,7 +114,8 @@ impl PluginSlot {
             path: self.path.clone(),
             plugin: plugin.name().to_owned(),
             version: plugin.version().to_owned(),
-            loaded_at: unix_seconds(plugin.loaded_at()),
+            wit_version: plugin.compiled().wit_version(),
+            loaded_at: unix_seconds(plugin.compiled().loaded_at()),
             reloads: self.reloads.load(Ordering::Relaxed),
             reload_failures: self.reload_failures.load(Ordering::Relaxed),
             last_error_at: last_error.as_ref().map(|(at, _)| unix_seconds(*at)),
@@ -120,6 +125,7 @@ impl PluginSlot {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            warm_instances: plugin.warm_instances(),
         }
     }
 }

@@ -1,30 +1,43 @@
 //! The Phoenix socket state machine for one connection: heartbeats, joins,
-//! leaves and events dispatched to plugins, in the order of
-//! `shared/phoenix-protocol.md` §3.
+//! leaves and events dispatched to plugins, in the order of the Phoenix
+//! protocol, and the commands its mailbox brings (intercepted broadcasts,
+//! reroutes, closes).
 //!
-//! The session owns its channel table (no locks: only its transport's task
-//! touches it) and writes everything it sends into its outbox. Plugin calls
-//! are awaited in place, so the messages of one socket are handled strictly
-//! one after another and a join's reply always precedes what follows it.
+//! The session owns its channel table (no locks: only its socket's task
+//! touches it) and writes everything it sends into its mailbox's frame lane.
+//! Plugin calls are awaited in place, so the messages of one socket are
+//! handled strictly one after another and a join's reply always precedes
+//! what follows it. Guest code runs only from here.
 //!
-//! Each joined channel owns its presence entries (`presence`); they are
-//! removed, with a `presence_diff` to the topic, wherever a channel ends:
-//! in `remove` (leave, stop, crash, duplicate join, removed route), in
-//! `close` (the connection is gone, a long-poll session expired), after a
-//! refused or crashed join, and on drop.
+//! # How a channel ends
+//! However a channel ends — leave, stop, crash, duplicate join, route
+//! removed, connection gone, session dropped — it goes through [`detach`]
+//! (out of the table, uncounted, unsubscribed, its presence entries removed
+//! with a `presence_diff` to the topic), and then, but for a drop, through
+//! [`conclude`] (`terminate`, then what the client is told). `end` is the
+//! two in a row; a duplicate join runs the new join between them, as Phoenix
+//! orders the wire: the new reply, the old channel's `terminate` pushes,
+//! then its `phx_close`.
+//!
+//! [`detach`]: Session::detach
+//! [`conclude`]: Session::conclude
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio_util::time::{DelayQueue, delay_queue};
+
 use crate::app::App;
+use crate::apps::ConnectionPermit;
 use crate::auth::Identity;
+use crate::config::Limits;
+use crate::mailbox::{Close, Command, Intercepted, Mailbox};
 use crate::presence::Owner;
 use crate::protocol::{self, Message, Outbound, Payload, Serializer, event};
-use crate::runtime::{CallContext, Called, Effect, Outcome, PluginError, PluginSlot};
-
-use super::{Close, Intercepted, Item, Outbox, WireFrame};
 use crate::pubsub::Subscriber;
+use crate::runtime::{CallContext, Called, Effect, Outcome, PluginError, PluginSlot};
 
 /// Source of server-unique socket numbers, used to tell subscribers apart.
 static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
@@ -36,9 +49,18 @@ struct Joined {
     /// The route's plugin; each call uses whatever version is current.
     slot: Arc<PluginSlot>,
     /// The channel's state, a JSON object owned by the host.
-    assigns: String,
+    assigns: Arc<str>,
     /// Owns the presence entries the channel tracks.
     owner: Owner,
+    /// The channel's pending timers: id → its place in the socket's queue.
+    timers: HashMap<u64, delay_queue::Key>,
+}
+
+/// A timer that fired: `handle_info(message)` on the channel of `topic`.
+pub struct Fired {
+    topic: String,
+    id: u64,
+    message: String,
 }
 
 /// Where a callback's reply goes.
@@ -49,39 +71,73 @@ enum ReplyTo {
     Nobody,
 }
 
+/// How a channel ended, which decides whether `terminate` runs and what the
+/// client is told.
+enum Ending {
+    /// The client left (its leave was answered): `terminate("leave")`,
+    /// then `phx_close`.
+    Left,
+    /// The plugin stopped it: `terminate(reason)`, then `phx_close` for
+    /// `normal`, `shutdown` and `shutdown:…`, `phx_error` for the rest.
+    Stopped(String),
+    /// A callback failed: its instance is gone, so no `terminate`;
+    /// `phx_error`.
+    Crashed,
+    /// A new join of the topic replaced it: `terminate("duplicate_join")`,
+    /// then `phx_close` with the old join_ref.
+    Replaced,
+    /// A config change removed its route: `phx_error`, so the client
+    /// rejoins and meets the new routes.
+    Rerouted,
+    /// The connection is gone: `terminate("closed")`, nothing to send.
+    Closed,
+}
+
 pub struct Session {
     app: Arc<App>,
     serializer: Serializer,
     /// Server-unique number of this socket.
     socket: u64,
     /// `users_socket:<sub>` for sockets with a token subject.
-    socket_id: Option<String>,
+    socket_id: Option<Arc<str>>,
     /// Verified token claims as a JSON object.
-    claims: String,
-    outbox: Outbox,
+    claims: Arc<str>,
+    mailbox: Mailbox,
     channels: HashMap<String, Joined>,
+    /// Every channel's pending timers, made on the socket's first timer
+    /// (an idle socket holds none).
+    timers: Option<Box<DelayQueue<Fired>>>,
+    /// This connection's place in the server's and the app's limits.
+    _permit: ConnectionPermit,
 }
 
 impl Session {
     /// A new session, registered with its app until dropped.
-    pub fn new(app: Arc<App>, serializer: Serializer, identity: Identity) -> Self {
+    pub fn new(
+        app: Arc<App>,
+        serializer: Serializer,
+        identity: Identity,
+        permit: ConnectionPermit,
+    ) -> Self {
         let Identity { socket_id, claims } = identity;
-        let outbox = Outbox::new(app.state().config.limits.outbox_bytes);
+        let mailbox = Mailbox::new(app.state().limits().outbox_bytes);
         let socket = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
-        app.register_socket(socket, socket_id.clone(), outbox.clone());
+        app.register_socket(socket, socket_id.clone(), mailbox.clone());
         Self {
             app,
             serializer,
             socket,
-            socket_id,
-            claims,
-            outbox,
+            socket_id: socket_id.map(Into::into),
+            claims: claims.into(),
+            mailbox,
             channels: HashMap::new(),
+            timers: None,
+            _permit: permit,
         }
     }
 
-    pub fn outbox(&self) -> &Outbox {
-        &self.outbox
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
     }
 
     pub fn app(&self) -> &Arc<App> {
@@ -90,6 +146,11 @@ impl Session {
 
     pub fn serializer(&self) -> Serializer {
         self.serializer
+    }
+
+    /// The app's limits now.
+    pub fn limits(&self) -> Limits {
+        self.app.state().limits().clone()
     }
 
     /// Handles one decoded message from the client.
@@ -141,9 +202,69 @@ impl Session {
         }
     }
 
+    /// Acts on a command from the mailbox; `Err` when the connection must
+    /// close.
+    pub async fn command(&mut self, command: Command) -> Result<(), Close> {
+        match command {
+            Command::Intercept(intercepted) => self.handle_out(&intercepted).await,
+            Command::Reroute => self.reroute().await,
+            Command::Close(close) => return Err(close),
+        }
+        Ok(())
+    }
+
+    /// Whether any channel has a pending timer.
+    pub fn has_timers(&self) -> bool {
+        self.timers.is_some()
+    }
+
+    /// The next timer to fire. Pending forever while none is set: the loop
+    /// only waits on it when [`has_timers`](Self::has_timers).
+    pub async fn next_timer(&mut self) -> Fired {
+        poll_fn(|cx| match self.timers.as_mut() {
+            Some(queue) => match queue.poll_expired(cx) {
+                std::task::Poll::Ready(Some(expired)) => std::task::Poll::Ready(expired.into_inner()),
+                _ => std::task::Poll::Pending,
+            },
+            None => std::task::Poll::Pending,
+        })
+        .await
+    }
+
+    /// A timer fired: its channel's `handle_info` runs on the current
+    /// assigns and the current code.
+    pub async fn fire(&mut self, fired: Fired) {
+        let Fired { topic, id, message } = fired;
+        let Some(joined) = self.channels.get_mut(&topic) else {
+            return;
+        };
+        if joined.timers.remove(&id).is_none() {
+            return;
+        }
+        self.app.timers().release(1);
+        self.drop_empty_queue();
+        let Some(joined) = self.channels.get(&topic) else {
+            return;
+        };
+        let plugin = joined.slot.current();
+        let result = plugin
+            .handle_info(self.context(&topic, joined), &message)
+            .await;
+        self.settle(&topic, result, ReplyTo::Nobody).await;
+    }
+
+    /// The connection is gone: every channel ends (`terminate("closed")`).
+    pub async fn close(&mut self) {
+        let topics: Vec<String> = self.channels.keys().cloned().collect();
+        for topic in topics {
+            self.end(&topic, Ending::Closed).await;
+        }
+    }
+
     /// An error response for a topic or event name over the app's limits.
     fn oversized(&self, message: &Message) -> Option<Payload> {
-        let limits = &self.app.state().config.limits;
+        let state = self.app.state();
+        let limits = state.limits();
         if message.topic.len() > limits.max_topic_bytes {
             Some(Payload::json_raw(r#"{"reason":"topic too long"}"#))
         } else if message.event.len() > limits.max_event_bytes {
@@ -153,38 +274,9 @@ impl Session {
         }
     }
 
-    /// Moves what is queued for the client into `frames`, handling on the way
-    /// the items that are the session's own business (intercepted
-    /// broadcasts, reroutes). Returns once the outbox is empty; `Err` when
-    /// the connection must close.
-    pub async fn take_frames(&mut self, frames: &mut Vec<WireFrame>) -> Result<(), Close> {
-        let mut items = Vec::new();
-        loop {
-            if self.outbox.overflowed() {
-                return Err(Close::SlowConsumer);
-            }
-            self.outbox.drain(&mut items);
-            if items.is_empty() {
-                return Ok(());
-            }
-            for item in items.drain(..) {
-                match item {
-                    Item::Frame(frame) => frames.push(frame),
-                    // Boxed, like `handle`: a plugin call's state lives on
-                    // the heap only while it runs.
-                    Item::Intercept(intercepted) => {
-                        Box::pin(self.handle_intercept(&intercepted)).await;
-                    }
-                    Item::Reroute => self.reroute(),
-                    Item::Close(close) => return Err(close),
-                }
-            }
-        }
-    }
-
     /// Runs `handle_out` for an intercepted broadcast, if the channel is
     /// still joined.
-    async fn handle_intercept(&mut self, intercepted: &Intercepted) {
+    async fn handle_out(&mut self, intercepted: &Intercepted) {
         let Some(joined) = self.channels.get(&intercepted.topic) else {
             return;
         };
@@ -200,9 +292,8 @@ impl Session {
             .await;
     }
 
-    /// Ends the channels whose plugin a config change removed, with
-    /// `phx_error`, so their clients rejoin and meet the new routes.
-    fn reroute(&mut self) {
+    /// Ends the channels whose plugin a config change removed.
+    async fn reroute(&mut self) {
         let retired: Vec<String> = self
             .channels
             .iter()
@@ -210,27 +301,14 @@ impl Session {
             .map(|(topic, _)| topic.clone())
             .collect();
         for topic in retired {
-            if let Some(joined) = self.remove(&topic) {
-                tracing::info!(topic, "channel ended: its route was removed");
-                self.send(crashed(&joined.join_ref, topic));
-            }
-        }
-    }
-
-    /// The connection is gone: every channel unsubscribes, leaves presence
-    /// and terminates.
-    pub async fn close(&mut self) {
-        for (topic, joined) in std::mem::take(&mut self.channels) {
-            self.app.count_channel(false);
-            self.app.pubsub.unsubscribe(&topic, self.socket);
-            self.forget(&topic, joined.owner);
-            self.terminate(&topic, &joined, "closed").await;
+            tracing::info!(topic, "channel ended: its route was removed");
+            self.end(&topic, Ending::Rerouted).await;
         }
     }
 
     async fn join(&mut self, message: Message) {
         let state = self.app.state();
-        let Some(slot) = state.router.route(&message.topic).cloned() else {
+        let Some(slot) = state.router().route(&message.topic).cloned() else {
             tracing::warn!(topic = %message.topic, "ignoring unmatched topic");
             return self.send(unmatched(message));
         };
@@ -241,7 +319,7 @@ impl Session {
             payload,
             ..
         } = message;
-        if self.channels.len() >= state.config.limits.channels_per_socket {
+        if self.channels.len() >= state.limits().channels_per_socket {
             let response = Payload::json_raw(r#"{"reason":"too many channels joined"}"#);
             return self.send(reply(join_ref, ref_, topic, event::ERROR, response));
         }
@@ -252,29 +330,23 @@ impl Session {
         };
         let plugin = slot.current();
         // Subscribed before the guest's join runs, as a Phoenix channel is
-        // before it replies, but into a holding outbox: what the topic
+        // before it replies, but into a holding mailbox: what the topic
         // broadcasts meanwhile (say, another channel's presence_diff) waits
         // there and follows the join reply. Subscribing only after the join
         // would lose what came between a presence_state the join listed and
         // the subscription.
-        let held = Outbox::new(state.config.limits.outbox_bytes);
+        let held = Mailbox::new(state.limits().outbox_bytes);
         self.app
-            .pubsub
+            .pubsub()
             .subscribe(&topic, self.subscriber(held.clone()));
-        let owner = self.app.presence.owner();
-        let ctx = CallContext {
-            topic: &topic,
-            socket_id: self.socket_id.as_deref(),
-            claims: &self.claims,
-            assigns: "{}",
-            presence: Some(&self.app.presence),
-            owner: Some(owner),
-        };
+        let owner = self.app.presence().owner();
+        let empty: Arc<str> = "{}".into();
+        let ctx = self.call_context(&topic, &empty, Some(owner), Vec::new());
         let result = plugin.join(ctx, &payload).await;
         if !matches!(result, Ok(Called { value: Ok(_), .. })) {
             // A refused or crashed join never existed; what it tracked goes.
-            self.app.pubsub.unsubscribe(&topic, self.socket);
-            self.forget(&topic, owner);
+            self.app.pubsub().unsubscribe(&topic, self.socket);
+            self.untrack(&topic, owner);
         }
         match result {
             Ok(Called {
@@ -289,27 +361,30 @@ impl Session {
                 let response = response.map_or_else(Payload::empty, |(_, response)| response);
                 self.send(reply(join_ref, ref_, topic.clone(), event::OK, response));
                 self.app
-                    .pubsub
-                    .release(&topic, self.subscriber(self.outbox.clone()), &held);
-                self.apply(&topic, &channel_ref, effects);
+                    .pubsub()
+                    .release(&topic, self.subscriber(self.mailbox.clone()), &held);
                 tracing::debug!(topic, plugin = plugin.name(), "joined");
-                let assigns = assigns.unwrap_or_else(|| "{}".to_owned());
                 self.app.count_channel(true);
                 self.channels.insert(
-                    topic,
+                    topic.clone(),
                     Joined {
-                        join_ref: channel_ref,
+                        join_ref: channel_ref.clone(),
                         slot,
-                        assigns,
+                        assigns: assigns.map_or(empty, Into::into),
                         owner,
+                        timers: HashMap::new(),
                     },
                 );
+                // After the table entry: a timer the join set belongs to it.
+                self.apply(&topic, &channel_ref, effects);
             }
-            // A refused join never existed: what it pushed or broadcast is dropped.
+            // A refused join never existed: what it pushed, broadcast or
+            // scheduled is dropped.
             Ok(Called {
                 value: Err(response),
-                ..
+                effects,
             }) => {
+                self.forgo(effects);
                 self.send(reply(join_ref, ref_, topic, event::ERROR, response));
             }
             Err(error) => {
@@ -324,16 +399,15 @@ impl Session {
     /// old channel terminates and gets `phx_close` with its old join_ref.
     async fn rejoin(&mut self, message: Message) {
         let topic = message.topic.clone();
-        let Some(old) = self.remove(&topic) else {
+        let Some(old) = self.detach(&topic) else {
             return;
         };
         self.join(message).await;
-        self.terminate(&topic, &old, "duplicate_join").await;
-        self.send(control(&old.join_ref, topic, event::PHX_CLOSE));
+        self.conclude(&topic, old, Ending::Replaced).await;
     }
 
     async fn leave(&mut self, message: Message) {
-        let Some(joined) = self.remove(&message.topic) else {
+        let Some(joined) = self.channels.get(&message.topic) else {
             return;
         };
         let Message { ref_, topic, .. } = message;
@@ -344,8 +418,7 @@ impl Session {
             event::OK,
             Payload::empty(),
         ));
-        self.terminate(&topic, &joined, "leave").await;
-        self.send(control(&joined.join_ref, topic, event::PHX_CLOSE));
+        self.end(&topic, Ending::Left).await;
     }
 
     async fn handle_in(&mut self, message: Message) {
@@ -383,8 +456,7 @@ impl Session {
             Ok(called) => called,
             Err(error) => {
                 self.log_failure(topic, &joined.slot, "callback", &error);
-                self.remove(topic);
-                return self.send(crashed(&join_ref, topic.to_owned()));
+                return self.end(topic, Ending::Crashed).await;
             }
         };
         self.apply(topic, &join_ref, effects);
@@ -398,30 +470,65 @@ impl Session {
             ));
         }
         if let (Some(assigns), Some(joined)) = (outcome.assigns, self.channels.get_mut(topic)) {
-            joined.assigns = assigns;
+            joined.assigns = assigns.into();
         }
         if let Some(reason) = outcome.stop {
-            self.stop(topic, &reason).await;
+            self.end(topic, Ending::Stopped(reason)).await;
         }
     }
 
-    /// A plugin stopped its channel: `normal` and `shutdown` close it, any
-    /// other reason errors it, as a Phoenix channel process exit would.
-    async fn stop(&mut self, topic: &str, reason: &str) {
-        let Some(joined) = self.remove(topic) else {
-            return;
+    /// Ends the channel on `topic`, if joined: [`detach`](Self::detach),
+    /// then [`conclude`](Self::conclude).
+    async fn end(&mut self, topic: &str, ending: Ending) {
+        if let Some(joined) = self.detach(topic) {
+            self.conclude(topic, joined, ending).await;
+        }
+    }
+
+    /// Takes a channel out of the table: it no longer counts, receives
+    /// broadcasts, or is present on its topic. Everything a channel holds
+    /// outside its socket is released here, and only here.
+    fn detach(&mut self, topic: &str) -> Option<Joined> {
+        let mut joined = self.channels.remove(topic)?;
+        self.app.count_channel(false);
+        self.app.pubsub().unsubscribe(topic, self.socket);
+        self.untrack(topic, joined.owner);
+        let pending = joined.timers.len();
+        if let Some(queue) = self.timers.as_mut() {
+            for (_, key) in joined.timers.drain() {
+                queue.remove(&key);
+            }
+        }
+        self.app.timers().release(pending);
+        self.drop_empty_queue();
+        Some(joined)
+    }
+
+    /// Runs `terminate` (unless the channel crashed or was rerouted) and
+    /// tells the client how the channel ended.
+    async fn conclude(&mut self, topic: &str, joined: Joined, ending: Ending) {
+        let reason = match &ending {
+            Ending::Left => Some("leave"),
+            Ending::Stopped(reason) => Some(reason.as_str()),
+            Ending::Replaced => Some("duplicate_join"),
+            Ending::Closed => Some("closed"),
+            Ending::Crashed | Ending::Rerouted => None,
         };
-        self.terminate(topic, &joined, reason).await;
-        let graceful = matches!(reason, "normal" | "shutdown") || reason.starts_with("shutdown:");
-        if graceful {
-            self.send(control(
-                &joined.join_ref,
-                topic.to_owned(),
-                event::PHX_CLOSE,
-            ));
-        } else {
-            tracing::info!(topic, reason, "channel stopped abnormally");
-            self.send(crashed(&joined.join_ref, topic.to_owned()));
+        if let Some(reason) = reason {
+            self.terminate(topic, &joined, reason).await;
+        }
+        let notice = match &ending {
+            Ending::Left | Ending::Replaced => Some(event::PHX_CLOSE),
+            Ending::Stopped(reason) if graceful(reason) => Some(event::PHX_CLOSE),
+            Ending::Stopped(reason) => {
+                tracing::info!(topic, reason, "channel stopped abnormally");
+                Some(event::PHX_ERROR)
+            }
+            Ending::Crashed | Ending::Rerouted => Some(event::PHX_ERROR),
+            Ending::Closed => None,
+        };
+        if let Some(event) = notice {
+            self.send(control(&joined.join_ref, topic.to_owned(), event));
         }
     }
 
@@ -430,30 +537,18 @@ impl Session {
     /// presences but not track.
     async fn terminate(&mut self, topic: &str, joined: &Joined, reason: &str) {
         let plugin = joined.slot.current();
-        let ctx = CallContext {
-            owner: None,
-            ..self.context(topic, joined)
-        };
+        // No owner: the channel is gone, so it can neither track nor set timers.
+        let ctx = self.call_context(topic, &joined.assigns, None, Vec::new());
         match plugin.terminate(ctx, reason).await {
             Ok(called) => self.apply(topic, &joined.join_ref, called.effects),
             Err(error) => self.log_failure(topic, &joined.slot, "terminate", &error),
         }
     }
 
-    /// Takes a channel out of the table: it no longer counts, receives
-    /// broadcasts, or is present on its topic.
-    fn remove(&mut self, topic: &str) -> Option<Joined> {
-        let joined = self.channels.remove(topic)?;
-        self.app.count_channel(false);
-        self.app.pubsub.unsubscribe(topic, self.socket);
-        self.forget(topic, joined.owner);
-        Some(joined)
-    }
-
     /// Untracks everything `owner` tracked on `topic` and broadcasts the
     /// leaves (after unsubscribing, so the leaving client is not told).
-    fn forget(&self, topic: &str, owner: Owner) {
-        let diff = self.app.presence.untrack_all(topic, owner);
+    fn untrack(&self, topic: &str, owner: Owner) {
+        let diff = self.app.presence().untrack_all(topic, owner);
         if !diff.is_empty() {
             let payload = diff.to_payload();
             self.app
@@ -461,17 +556,17 @@ impl Session {
         }
     }
 
-    /// This socket as a subscriber whose broadcasts go to `outbox`.
-    fn subscriber(&self, outbox: Outbox) -> Subscriber {
+    /// This socket as a subscriber whose broadcasts go to `mailbox`.
+    fn subscriber(&self, mailbox: Mailbox) -> Subscriber {
         Subscriber {
             socket: self.socket,
             serializer: self.serializer,
-            outbox,
+            mailbox,
         }
     }
 
     /// Applies effects in call order, on behalf of the channel `topic`.
-    fn apply(&self, topic: &str, join_ref: &Option<String>, effects: Vec<Effect>) {
+    fn apply(&mut self, topic: &str, join_ref: &Option<String>, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
                 Effect::Push { event, payload } => self.send(Outbound::Push {
@@ -492,25 +587,87 @@ impl Session {
                     let except = (exclude_self && to == topic).then_some(self.socket);
                     self.app.broadcast(&to, &event, &payload, except);
                 }
+                Effect::SendAfter { id, delay, message } => {
+                    let Some(joined) = self.channels.get_mut(topic) else {
+                        // The channel ended in the same callback (a stop).
+                        self.app.timers().release(1);
+                        continue;
+                    };
+                    let queue = self.timers.get_or_insert_with(Default::default);
+                    let fired = Fired {
+                        topic: topic.to_owned(),
+                        id,
+                        message,
+                    };
+                    joined.timers.insert(id, queue.insert(fired, delay));
+                }
+                Effect::CancelTimer { id } => {
+                    let key = self
+                        .channels
+                        .get_mut(topic)
+                        .and_then(|joined| joined.timers.remove(&id));
+                    if let (Some(key), Some(queue)) = (key, self.timers.as_mut()) {
+                        queue.remove(&key);
+                        self.app.timers().release(1);
+                    }
+                    self.drop_empty_queue();
+                }
             }
         }
     }
 
+    /// Drops effects that will never apply, giving back the timer places
+    /// their `send-after`s took.
+    fn forgo(&self, effects: Vec<Effect>) {
+        let timers = effects
+            .iter()
+            .filter(|effect| matches!(effect, Effect::SendAfter { .. }))
+            .count();
+        self.app.timers().release(timers);
+    }
+
+    /// Frees the timer queue once no timer is pending.
+    fn drop_empty_queue(&mut self) {
+        if self.timers.as_ref().is_some_and(|queue| queue.is_empty()) {
+            self.timers = None;
+        }
+    }
+
+    /// The context of a call on the joined channel of `topic`.
     fn context<'a>(&'a self, topic: &'a str, joined: &'a Joined) -> CallContext<'a> {
+        let timers = joined.timers.keys().copied().collect();
+        self.call_context(topic, &joined.assigns, Some(joined.owner), timers)
+    }
+
+    /// A call's context: who the socket is, the channel's state, and the
+    /// app's presence, storage and limits as they are now.
+    fn call_context<'a>(
+        &'a self,
+        topic: &'a str,
+        assigns: &'a Arc<str>,
+        owner: Option<Owner>,
+        timers: Vec<u64>,
+    ) -> CallContext<'a> {
+        let state = self.app.state();
         CallContext {
             topic,
-            socket_id: self.socket_id.as_deref(),
+            socket_id: self.socket_id.as_ref(),
             claims: &self.claims,
-            assigns: &joined.assigns,
-            presence: Some(&self.app.presence),
-            owner: Some(joined.owner),
+            assigns,
+            presence: Some(self.app.presence()),
+            owner,
+            timers,
+            timer_budget: Some(self.app.timers()),
+            kv: state.kv().cloned(),
+            limits: state.limits().guest(),
+            timers_per_app: state.limits().timers_per_app,
         }
     }
 
     fn send(&self, message: Outbound) {
         match protocol::encode(self.serializer, &message) {
             Ok(frame) => {
-                self.outbox.push(Item::Frame(frame.into()));
+                self.mailbox.post_frame(frame.into());
             }
             Err(error) => tracing::warn!(vsn = self.serializer.vsn(), "message not sent: {error}"),
         }
@@ -519,7 +676,7 @@ impl Session {
     /// Logs a failed guest call with its cause and counts it on the slot.
     fn log_failure(&self, topic: &str, slot: &PluginSlot, call: &str, error: &PluginError) {
         let plugin = slot.current();
-        tracing::warn!(app = %self.app.name, plugin = plugin.name(), topic, call, kind = error.kind(), "plugin failed: {error}");
+        tracing::warn!(app = %self.app.name(), plugin = plugin.name(), topic, call, kind = error.kind(), "plugin failed: {error}");
         slot.record_call_failure(error.kind());
     }
 }
@@ -527,12 +684,19 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         // `close` normally emptied the table; a session dropped without it
-        // still takes its channels' presences along.
-        for (topic, joined) in &self.channels {
-            self.forget(topic, joined.owner);
+        // (its task cancelled, say) still releases what its channels hold.
+        let topics: Vec<String> = self.channels.keys().cloned().collect();
+        for topic in topics {
+            self.detach(&topic);
         }
         self.app.unregister_socket(self.socket);
     }
+}
+
+/// Whether a stop reason closes the channel rather than erroring it, as for
+/// a Phoenix channel process exit.
+fn graceful(reason: &str) -> bool {
+    matches!(reason, "normal" | "shutdown") || reason.starts_with("shutdown:")
 }
 
 fn reply(
@@ -572,8 +736,4 @@ fn control(join_ref: &Option<String>, topic: String, event: &str) -> Outbound {
         event: event.to_owned(),
         payload,
     }
-}
-
-fn crashed(join_ref: &Option<String>, topic: String) -> Outbound {
-    control(join_ref, topic, event::PHX_ERROR)
 }

@@ -1,32 +1,39 @@
-//! `<mount>/longpoll` (`shared/phoenix-protocol.md` §5): a session per
-//! client, opened by a GET without a valid token, fed by POSTs, drained by
-//! GETs that wait up to the window for something to send.
+//! `<mount>/longpoll` (the Phoenix long-poll transport): a session per
+//! client, opened by a GET without a valid session token, fed by POSTs,
+//! drained by GETs that wait up to the window for something to send.
 //!
 //! Every answer is HTTP 200 with the logical status in the JSON body. Each
-//! session is one task that owns its `socket::Session`; a waiting GET is only
-//! a future on its HTTP connection, parked on the session's `Notify`.
+//! session is one `socket::run` task over an [`LpConnection`], the adapter
+//! whose stream is the messages POSTs hand over and whose sink is the buffer
+//! GETs take from; a waiting GET is only a future on its HTTP connection,
+//! parked on the session's `Notify`. Open sessions live in [`Sessions`],
+//! this module's own registry.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use futures_util::{Sink, Stream};
 use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Duration, Instant, Sleep};
 use tracing::Instrument;
 
+use super::Transports;
 use crate::app::App;
 use crate::auth;
+use crate::mailbox::{Close, WireFrame};
 use crate::protocol::{self, Message, Serializer};
-use crate::server::Server;
-use crate::socket::{Close, Session, WireFrame};
+use crate::socket::{self, Gone, Outgoing, Session};
 
-/// Commands queued for one session's task before POSTs wait.
-const COMMAND_QUEUE: usize = 128;
+/// Messages queued for one session's task before POSTs wait.
+const POST_QUEUE: usize = 128;
 const TOKEN_HEADER: &str = "x-phoenix-longpoll-token";
 const AUTH_TOKEN_HEADER: &str = "x-phoenix-authtoken";
 
@@ -60,7 +67,7 @@ impl Sessions {
 struct Handle {
     app: Arc<App>,
     serializer: Serializer,
-    commands: mpsc::Sender<Command>,
+    posts: mpsc::Sender<Post>,
     shared: Arc<Shared>,
 }
 
@@ -89,6 +96,11 @@ impl Shared {
         waiting.bytes = 0;
         std::mem::take(&mut waiting.frames)
     }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.arrived.notify_waiters();
+    }
 }
 
 /// Frames waiting for a GET, and their size.
@@ -98,16 +110,17 @@ struct Waiting {
     bytes: usize,
 }
 
-enum Command {
-    /// Handle one message; acknowledge when done.
-    Dispatch(Message, oneshot::Sender<()>),
-    /// End the session (malformed input).
-    Close,
+/// What a POST hands its session.
+enum Post {
+    /// Handle one message; acknowledged once handled.
+    Message(Message, oneshot::Sender<()>),
+    /// The body was malformed: end the session.
+    Malformed,
 }
 
 /// Serves one long-poll request for `app`.
 pub async fn handle(
-    server: &Server,
+    transports: &Transports,
     app: Arc<App>,
     method: Method,
     headers: &HeaderMap,
@@ -115,14 +128,14 @@ pub async fn handle(
     request: Body,
 ) -> Response {
     // As in Phoenix, the origin is checked first, for every method.
-    if let Err(error) = auth::check_origin(&app.state().config, headers) {
-        tracing::warn!(app = %app.name, transport = "longpoll", "refused: {error}");
+    if let Err(error) = auth::check_origin(app.state().config(), headers) {
+        tracing::warn!(app = %app.name(), transport = "longpoll", "refused: {error}");
         return body(403, None, None);
     }
     match method {
         Method::OPTIONS => preflight(headers),
-        Method::GET => poll(server, app, headers, params).await,
-        Method::POST => publish(server, app, headers, params, request).await,
+        Method::GET => poll(transports, app, headers, params).await,
+        Method::POST => publish(transports, app, headers, params, request).await,
         _ => with_cors(StatusCode::BAD_REQUEST.into_response()),
     }
 }
@@ -139,29 +152,29 @@ fn session_token<'a>(
 
 /// The session for a token, if it is open and belongs to this app.
 fn find(
-    server: &Server,
-    app: &App,
+    transports: &Transports,
+    app: &Arc<App>,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Option<Arc<Handle>> {
-    let handle = server.longpoll().get(session_token(headers, params)?)?;
-    let open = handle.app.name == app.name && !handle.shared.closed.load(Ordering::Acquire);
+    let handle = transports.longpoll.get(session_token(headers, params)?)?;
+    let open = Arc::ptr_eq(&handle.app, app) && !handle.shared.closed.load(Ordering::Acquire);
     open.then_some(handle)
 }
 
 async fn poll(
-    server: &Server,
+    transports: &Transports,
     app: Arc<App>,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Response {
     let token = session_token(headers, params).map(str::to_owned);
-    let Some(handle) = find(server, &app, headers, params) else {
-        return open(server, app, headers, params);
+    let Some(handle) = find(transports, &app, headers, params) else {
+        return open(transports, app, headers, params);
     };
     let token = token.unwrap_or_default();
     handle.shared.touch();
-    let window = app.state().config.limits.longpoll_window();
+    let window = app.state().limits().longpoll_window();
     let deadline = Instant::now() + window;
     loop {
         let arrived = handle.shared.arrived.notified();
@@ -185,7 +198,7 @@ async fn poll(
 /// a refused token, or the app at its connection limit: the official client
 /// then backs off and reconnects).
 fn open(
-    server: &Server,
+    transports: &Transports,
     app: Arc<App>,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
@@ -196,9 +209,10 @@ fn open(
         .and_then(|v| v.to_str().ok())
         .or(params.get("token").map(String::as_str));
     let vsn = params.get("vsn").map(String::as_str);
-    let Ok((serializer, identity)) = server.admit(&app, "longpoll", vsn, token) else {
+    let Ok(admission) = transports.apps.admit(&app, "longpoll", vsn, token) else {
         return body(403, None, None);
     };
+    let serializer = admission.serializer;
     let token = new_token();
     let shared = Arc::new(Shared {
         waiting: Mutex::new(Waiting::default()),
@@ -206,43 +220,55 @@ fn open(
         last_poll: Mutex::new(Instant::now()),
         closed: AtomicBool::new(false),
     });
-    let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
-    let session = Session::new(app.clone(), serializer, identity);
-    let span = tracing::info_span!("socket", app = %app.name, transport = "longpoll", vsn = serializer.vsn());
-    server.longpoll().lock().insert(
+    let (posts, receiver) = mpsc::channel(POST_QUEUE);
+    let limits = app.state().limits().clone();
+    let session = Session::new(
+        app.clone(),
+        serializer,
+        admission.identity,
+        admission.permit,
+    );
+    let span = tracing::info_span!("socket", app = %app.name(), transport = "longpoll", vsn = serializer.vsn());
+    transports.longpoll.lock().insert(
         token.clone(),
         Arc::new(Handle {
             app,
             serializer,
-            commands,
+            posts,
             shared: shared.clone(),
         }),
     );
-    let task = run(
-        session,
+    let expiry = limits.longpoll_window() * 3 / 2;
+    let conn = LpConnection {
+        posts: receiver,
+        acked: None,
         shared,
-        receiver,
-        server.shutdown_token(),
-        server.longpoll().clone(),
-        token.clone(),
-    );
-    server.tracker().spawn(task.instrument(span));
+        buffer_limit: limits.outbox_bytes,
+        expiry,
+        expires: Box::pin(tokio::time::sleep(expiry)),
+        sessions: transports.longpoll.clone(),
+        token: token.clone(),
+    };
+    tracing::debug!(parent: &span, "long-poll session opened");
+    // No idle timeout of its own: a session lives as long as GETs come.
+    let task = socket::run(conn, session, transports.shutdown.clone(), None);
+    transports.shutdown.spawn(task.instrument(span));
     body(410, Some(&[]), Some(&token))
 }
 
 async fn publish(
-    server: &Server,
+    transports: &Transports,
     app: Arc<App>,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
     request: Body,
 ) -> Response {
-    let Some(handle) = find(server, &app, headers, params) else {
+    let Some(handle) = find(transports, &app, headers, params) else {
         return body(410, None, None);
     };
-    let limit = app.state().config.limits.longpoll_body_bytes;
+    let limit = app.state().limits().longpoll_body_bytes;
     let Ok(bytes) = to_bytes(request, limit).await else {
-        tracing::warn!(app = %app.name, limit, "long-poll body too large or unreadable");
+        tracing::warn!(app = %app.name(), limit, "long-poll body too large or unreadable");
         return body(413, None, None);
     };
     let ndjson = headers
@@ -253,21 +279,17 @@ async fn publish(
         Err(error) => {
             // As a malformed WebSocket frame ends its socket, a malformed
             // batch ends its session.
-            tracing::warn!(app = %app.name, "closing long-poll session: malformed body: {error}");
-            let _ = handle.commands.send(Command::Close).await;
+            tracing::warn!(app = %app.name(), "closing long-poll session: malformed body: {error}");
+            let _ = handle.posts.send(Post::Malformed).await;
             return body(400, None, None);
         }
     };
-    let window = app.state().config.limits.longpoll_window();
+    let window = app.state().limits().longpoll_window();
     let deadline = Instant::now() + window;
     for message in messages {
         let (ack, acked) = oneshot::channel();
         let dispatched = tokio::time::timeout_at(deadline, async {
-            handle
-                .commands
-                .send(Command::Dispatch(message, ack))
-                .await
-                .ok()?;
+            handle.posts.send(Post::Message(message, ack)).await.ok()?;
             acked.await.ok()
         })
         .await;
@@ -281,85 +303,108 @@ async fn publish(
     body(200, None, None)
 }
 
-/// The session's task: handles dispatched messages in order, moves outbound
-/// frames to the poll buffer, and ends when no GET came for 1.5 windows.
-async fn run(
-    mut session: Session,
+/// A long-poll session as a `socket::Connection`: its stream is what POSTs
+/// hand over, its sink the buffer GETs take from. The stream ends when no
+/// GET came for 1.5 windows; dropping the connection ends the session.
+struct LpConnection {
+    posts: mpsc::Receiver<Post>,
+    /// The ack of the message handed out last: the socket loop asks for the
+    /// next message only once it has handled the last, so the ack goes then.
+    acked: Option<oneshot::Sender<()>>,
     shared: Arc<Shared>,
-    mut commands: mpsc::Receiver<Command>,
-    shutdown: CancellationToken,
+    /// Bytes waiting for a GET past which the client is too slow.
+    buffer_limit: usize,
+    /// 1.5 windows: how long a session lives without a GET.
+    expiry: Duration,
+    expires: Pin<Box<Sleep>>,
     sessions: Sessions,
     token: String,
-) {
-    tracing::debug!("long-poll session opened");
-    let outbox = session.outbox().clone();
-    let limits = session.app().state().config.limits.clone();
-    let (window, limit) = (limits.longpoll_window(), limits.outbox_bytes);
-    let mut frames = Vec::new();
-    loop {
-        if let Err(close) = collect(&mut session, &shared, &mut frames, limit).await {
-            tracing::info!("closing long-poll session: {}", close.reason());
-            break;
-        }
-        let expiry = shared.last_poll() + window * 3 / 2;
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            command = commands.recv() => match command {
-                Some(Command::Dispatch(message, ack)) => {
-                    Box::pin(session.handle(message)).await;
-                    let _ = ack.send(());
-                }
-                Some(Command::Close) | None => break,
-            },
-            () = outbox.ready() => {}
-            () = tokio::time::sleep_until(expiry) => {
-                if shared.last_poll() + window * 3 / 2 <= Instant::now() {
-                    tracing::debug!("long-poll session expired");
-                    break;
-                }
-            }
-        }
-    }
-    shared.closed.store(true, Ordering::Release);
-    shared.arrived.notify_waiters();
-    sessions.lock().remove(&token);
-    Box::pin(session.close()).await;
 }
 
-/// Moves the outbox into the poll buffer. Fails when the session must end:
-/// the client fell too far behind (outbox overflowed, or the buffer passed
-/// `limit`), or the server closed it.
-async fn collect(
-    session: &mut Session,
-    shared: &Shared,
-    frames: &mut Vec<WireFrame>,
-    limit: usize,
-) -> Result<(), Close> {
-    session.take_frames(frames).await?;
-    if frames.is_empty() {
-        return Ok(());
+impl Stream for LpConnection {
+    type Item = Result<Message, Close>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(ack) = self.acked.take() {
+            let _ = ack.send(());
+        }
+        loop {
+            if self.expires.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            let expiry = self.shared.last_poll() + self.expiry;
+            if expiry <= Instant::now() {
+                tracing::debug!("long-poll session expired");
+                return Poll::Ready(None);
+            }
+            self.expires.as_mut().reset(expiry);
+        }
+        match self.posts.poll_recv(cx) {
+            Poll::Ready(Some(Post::Message(message, ack))) => {
+                self.acked = Some(ack);
+                Poll::Ready(Some(Ok(message)))
+            }
+            Poll::Ready(Some(Post::Malformed)) => Poll::Ready(Some(Err(Close::MalformedFrame))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
-    {
-        let mut waiting = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        for frame in frames.drain(..) {
-            match frame {
-                WireFrame::Text(text) => {
-                    waiting.bytes += text.len();
-                    waiting.frames.push(text.as_str().to_owned());
-                }
-                // Long-poll delivers JSON strings only (as Phoenix does).
-                WireFrame::Binary(_) => {
-                    tracing::debug!("binary frame not sent: long-poll carries text only");
-                }
+}
+
+impl Sink<Outgoing> for LpConnection {
+    type Error = Gone;
+
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Gone>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Outgoing) -> Result<(), Gone> {
+        let frame = match item {
+            Outgoing::Frame(frame) => frame,
+            // Long-poll has no close frame: the session simply ends.
+            Outgoing::Close(_) => return Ok(()),
+        };
+        let mut waiting = self
+            .shared
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match frame {
+            WireFrame::Text(text) => {
+                waiting.bytes += text.len();
+                waiting.frames.push(text.as_str().to_owned());
+            }
+            // Long-poll delivers JSON strings only (as Phoenix does).
+            WireFrame::Binary(_) => {
+                tracing::debug!("binary frame not sent: long-poll carries text only");
             }
         }
-        if waiting.bytes > limit {
-            return Err(Close::SlowConsumer);
+        if waiting.bytes > self.buffer_limit {
+            tracing::info!(
+                "closing long-poll session: {}",
+                Close::SlowConsumer.reason()
+            );
+            return Err(Gone);
         }
+        Ok(())
     }
-    shared.arrived.notify_waiters();
-    Ok(())
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Gone>> {
+        self.shared.arrived.notify_waiters();
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Gone>> {
+        self.shared.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LpConnection {
+    fn drop(&mut self) {
+        self.shared.close();
+        self.sessions.lock().remove(&self.token);
+    }
 }
 
 /// An unguessable session token: 24 random bytes, base64url.

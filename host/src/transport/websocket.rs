@@ -1,24 +1,28 @@
-//! `<mount>/websocket`: the upgrade (vsn negotiation, subprotocol) and the
-//! connection's task, which reads frames into its session and writes the
-//! session's outbox back out, coalescing queued frames into one flush.
+//! `<mount>/websocket`: the upgrade (origin, subprotocol, admission) and
+//! [`WsConnection`], the adapter that makes an upgraded WebSocket a
+//! `socket::Connection`: text and binary frames decoded into messages on the
+//! way in, frames and close frames on the way out. The socket loop itself is
+//! `socket::run`.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
-use futures_util::SinkExt;
-use tokio_util::sync::CancellationToken;
+use futures_util::{Sink, Stream};
 use tracing::Instrument;
 
+use super::Transports;
 use crate::app::App;
 use crate::auth;
-use crate::protocol::{self, RawFrame};
-use crate::server::Server;
-use crate::socket::{Close, Outbox, Session, WireFrame};
+use crate::mailbox::{Close, WireFrame};
+use crate::protocol::{self, Message, RawFrame, Serializer};
+use crate::socket::{self, Gone, Outgoing, Session};
 
 /// Read buffer per connection. Small, because an idle connection should cost
 /// bytes (it is allocated up front); larger frames simply take more reads.
@@ -32,7 +36,7 @@ const PHOENIX_SUBPROTOCOL: &str = "phoenix";
 const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
 
 pub fn upgrade(
-    server: &Server,
+    transports: &Transports,
     app: Arc<App>,
     upgrade: WebSocketUpgrade,
     headers: &HeaderMap,
@@ -40,10 +44,10 @@ pub fn upgrade(
 ) -> Response {
     let state = app.state();
     let refuse = |reason: &dyn std::fmt::Display| {
-        tracing::warn!(app = %app.name, transport = "websocket", "refused: {reason}");
+        tracing::warn!(app = %app.name(), transport = "websocket", "refused: {reason}");
         StatusCode::FORBIDDEN.into_response()
     };
-    if let Err(error) = auth::check_origin(&state.config, headers) {
+    if let Err(error) = auth::check_origin(state.config(), headers) {
         return refuse(&error);
     }
     let offered = match subprotocol_token(headers) {
@@ -54,15 +58,21 @@ pub fn upgrade(
         .as_deref()
         .or(params.get("token").map(String::as_str));
     let vsn = params.get("vsn").map(String::as_str);
-    let (serializer, identity) = match server.admit(&app, "websocket", vsn, token) {
-        Ok(admitted) => admitted,
+    let admission = match transports.apps.admit(&app, "websocket", vsn, token) {
+        Ok(admission) => admission,
         Err(status) => return status.into_response(),
     };
-    let limits = state.config.limits.clone();
-    let span = tracing::info_span!("socket", app = %app.name, transport = "websocket", vsn = serializer.vsn());
-    let session = Session::new(app.clone(), serializer, identity);
-    let shutdown = server.shutdown_token();
-    let tracker = server.tracker();
+    let limits = state.limits();
+    let serializer = admission.serializer;
+    let span = tracing::info_span!("socket", app = %app.name(), transport = "websocket", vsn = serializer.vsn());
+    let session = Session::new(
+        app.clone(),
+        serializer,
+        admission.identity,
+        admission.permit,
+    );
+    let idle = Some(limits.idle_timeout());
+    let shutdown = transports.shutdown.clone();
     upgrade
         .protocols([PHOENIX_SUBPROTOCOL])
         .read_buffer_size(READ_BUFFER)
@@ -70,7 +80,13 @@ pub fn upgrade(
         .max_message_size(limits.max_frame_bytes)
         .max_frame_size(limits.max_frame_bytes)
         .on_upgrade(move |socket| {
-            tracker.track_future(run(socket, session, shutdown).instrument(span))
+            let conn = WsConnection {
+                ws: socket,
+                serializer,
+            };
+            shutdown
+                .track(socket::run(conn, session, shutdown.clone(), idle))
+                .instrument(span)
         })
 }
 
@@ -105,105 +121,64 @@ pub fn subprotocol_token(headers: &HeaderMap) -> Result<Option<String>, &'static
         .map_err(|_| "the authToken subprotocol is not UTF-8")
 }
 
-/// The connection's task. Its future is kept small (about 1.5 KB): the
-/// plugin calls it awaits are boxed while they run, since an idle connection
-/// would otherwise carry their state for its whole life.
-async fn run(mut socket: WebSocket, mut session: Session, shutdown: CancellationToken) {
-    tracing::debug!("connected");
-    let outbox = session.outbox().clone();
-    let idle = session.app().state().config.limits.idle_timeout();
-    let mut frames = Vec::new();
-    // Made once and re-armed rather than remade per loop: a delivery to this
-    // socket then costs no timer or cancellation bookkeeping. The idle timer
-    // counts from the last inbound frame only, as Phoenix's timeout does.
-    let idle_timer = tokio::time::sleep(idle);
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(idle_timer, cancelled);
-    let close = loop {
-        let written = tokio::select! {
-            biased;
-            written = write_queued(&mut socket, &mut session, &mut frames) => written,
-            () = overflow(&outbox) => Err(Some(Close::SlowConsumer)),
-        };
-        if let Err(close) = written {
-            break close;
-        }
-        tokio::select! {
-            biased;
-            () = &mut cancelled => break Some(Close::GoingAway),
-            () = outbox.ready() => {}
-            () = &mut idle_timer => break Some(Close::IdleTimeout),
-            incoming = socket.recv() => {
-                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                match incoming {
-                    None | Some(Ok(WsMessage::Close(_))) => break None,
-                    Some(Err(error)) => break read_error(error),
-                    Some(Ok(message)) => {
-                        let frame = match &message {
-                            WsMessage::Text(text) => RawFrame::Text(text.as_str()),
-                            WsMessage::Binary(bytes) => RawFrame::Binary(bytes),
-                            // Pings are answered by the WebSocket layer itself.
-                            _ => continue,
-                        };
-                        match protocol::decode(session.serializer(), frame) {
-                            Ok(message) => Box::pin(session.handle(message)).await,
-                            Err(error) => {
-                                tracing::warn!("closing: malformed frame: {error}");
-                                break Some(Close::MalformedFrame);
-                            }
-                        }
-                    }
+/// An upgraded WebSocket as a `socket::Connection`.
+pub struct WsConnection {
+    ws: WebSocket,
+    serializer: Serializer,
+}
+
+impl Stream for WsConnection {
+    type Item = Result<Message, Close>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let decoded = match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
+                // A close frame from the client: the stream ends, and closing
+                // the sink sends tungstenite's answer to it.
+                None | Some(Ok(WsMessage::Close(_))) => return Poll::Ready(None),
+                Some(Err(error)) => return Poll::Ready(read_error(error).map(Err)),
+                Some(Ok(WsMessage::Text(text))) => {
+                    protocol::decode(self.serializer, RawFrame::Text(text.as_str()))
                 }
-            }
-        }
-    };
-    if let Some(close) = close {
-        if close != Close::MalformedFrame {
-            tracing::info!(code = close.code(), "closing: {}", close.reason());
-        }
-        let frame = CloseFrame {
-            code: close.code(),
-            reason: close.reason().into(),
-        };
-        // A slow consumer may never read this; don't wait for it long.
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            socket.send(WsMessage::Close(Some(frame))),
-        )
-        .await;
-    }
-    Box::pin(session.close()).await;
-    tracing::debug!("disconnected");
-}
-
-/// Writes everything queued, several frames per flush. It returns only
-/// after finding the outbox empty, so a push after that wakes the caller's
-/// `outbox.ready()`. `Err(None)` means the connection is gone.
-async fn write_queued(
-    socket: &mut WebSocket,
-    session: &mut Session,
-    frames: &mut Vec<WireFrame>,
-) -> Result<(), Option<Close>> {
-    loop {
-        session.take_frames(frames).await.map_err(Some)?;
-        if frames.is_empty() {
-            return Ok(());
-        }
-        for frame in frames.drain(..) {
-            let message = match frame {
-                WireFrame::Text(text) => WsMessage::Text(text),
-                WireFrame::Binary(bytes) => WsMessage::Binary(bytes),
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    protocol::decode(self.serializer, RawFrame::Binary(&bytes))
+                }
+                // Pings are answered by the WebSocket layer itself.
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
             };
-            socket.feed(message).await.map_err(|_| None)?;
+            return Poll::Ready(Some(decoded.map_err(|error| {
+                tracing::warn!("closing: malformed frame: {error}");
+                Close::MalformedFrame
+            })));
         }
-        socket.flush().await.map_err(|_| None)?;
     }
 }
 
-/// Resolves once the outbox has overflowed.
-async fn overflow(outbox: &Outbox) {
-    while !outbox.overflowed() {
-        outbox.ready().await;
+impl Sink<Outgoing> for WsConnection {
+    type Error = Gone;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Gone>> {
+        Pin::new(&mut self.ws).poll_ready(cx).map_err(|_| Gone)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Outgoing) -> Result<(), Gone> {
+        let message = match item {
+            Outgoing::Frame(WireFrame::Text(text)) => WsMessage::Text(text),
+            Outgoing::Frame(WireFrame::Binary(bytes)) => WsMessage::Binary(bytes),
+            Outgoing::Close(close) => WsMessage::Close(Some(CloseFrame {
+                code: close.code(),
+                reason: close.reason().into(),
+            })),
+        };
+        Pin::new(&mut self.ws).start_send(message).map_err(|_| Gone)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Gone>> {
+        Pin::new(&mut self.ws).poll_flush(cx).map_err(|_| Gone)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Gone>> {
+        Pin::new(&mut self.ws).poll_close(cx).map_err(|_| Gone)
     }
 }
 

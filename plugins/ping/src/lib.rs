@@ -1,5 +1,8 @@
-//! The `ping` channel: echoes, replies, errors and stops on request, for
-//! testing a client against Roost (routes `ping` and `ping:*`).
+//! The `ping` channel of the Phoenix channels tutorial (routes `ping` and
+//! `ping:*`): echoes, replies, errors and stops on request. It handles
+//! exactly the tutorial's events; any other event crashes the channel, as a
+//! Phoenix channel with no matching `handle_in` clause does, so the client
+//! sees `phx_error` and rejoins.
 
 use roost_guest::prelude::*;
 
@@ -21,14 +24,13 @@ impl Channel for Ping {
                 Some(phrase) => reply_ok(json!({ "ping": phrase })),
                 None => reply_ok(json!({ "ping": "pong" })),
             },
-            "ding" => reply_ok(json!({ "msg": "shutting down" })).stop("normal"),
+            "ding" => reply_ok(json!({ "msg": "shutting down" })).stop("shutdown"),
             "param_ping" if payload["error"] == true => {
                 reply_error(json!({ "reason": "You asked for this!" }))
             }
-            // Echo: `binary` round-trips a binary payload byte for byte.
-            "param_ping" | "binary" => reply_ok(payload),
-            // `pong` and anything else: no reply.
-            _ => noreply(),
+            "param_ping" => reply_ok(payload),
+            "pong" => noreply(),
+            _ => panic!("no handle_in clause matches the event {event:?}"),
         }
     }
 

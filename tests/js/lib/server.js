@@ -42,7 +42,12 @@ export function freePort() {
   });
 }
 
-function configToml() {
+/**
+ * The suite's config: the demo app with the sample plugins and the fixture.
+ * `server` and `limits` are extra TOML lines for `[server]` and
+ * `[apps.demo.limits]`.
+ */
+function configToml({ server = [], limits = [] } = {}) {
   const p = (name) => JSON.stringify(path.join(PLUGIN_DIR, name));
   const js = (name) => JSON.stringify(path.join(JS_PLUGIN_DIR, name));
   const routes = [
@@ -59,6 +64,7 @@ function configToml() {
   return [
     "[server]",
     'node = "roost@js"',
+    ...server,
     "",
     "[apps.demo]",
     'mount = "/socket"',
@@ -68,6 +74,7 @@ function configToml() {
     "",
     "[apps.demo.limits]",
     "longpoll_window_ms = 1000",
+    ...limits,
     "",
   ].join("\n");
 }
@@ -102,14 +109,19 @@ for (const signal of ["SIGINT", "SIGTERM"]) {
 }
 
 export class RoostServer {
-  constructor() {
+  /**
+   * `config` adds TOML lines (see `configToml`); `log` is the server's
+   * ROOST_LOG level (default: $ROOST_LOG or warn).
+   */
+  constructor({ config = {}, log } = {}) {
+    this.logLevel = log;
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), "roost-js-"));
     this.configPath = path.join(this.dir, "roost.toml");
     this.logPath = path.join(this.dir, "server.log");
     this.port = null;
     this.proc = null;
     this.exited = null;
-    fs.writeFileSync(this.configPath, configToml());
+    fs.writeFileSync(this.configPath, configToml(config));
   }
 
   get host() {
@@ -130,7 +142,7 @@ export class RoostServer {
     const log = fs.openSync(this.logPath, "a");
     fs.writeSync(log, `\n---- roost serve --listen ${this.host} (${new Date().toISOString()})\n`);
     const proc = spawn(ROOST_BIN, ["serve", "--config", this.configPath, "--listen", this.host], {
-      env: { ...process.env, ROOST_LOG: process.env.ROOST_LOG || "warn", NO_COLOR: "1" },
+      env: { ...process.env, ROOST_LOG: this.logLevel || process.env.ROOST_LOG || "warn", NO_COLOR: "1" },
       stdio: ["ignore", log, log],
     });
     fs.closeSync(log);

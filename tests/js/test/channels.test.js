@@ -349,20 +349,20 @@ for (const [name, transport] of TRANSPORTS) {
     if (transport === WebSocket) {
       it("binary push and binary reply", async (c) => {
         const socket = await c.connected(url(), transport);
-        const ping = await c.joined(socket, "ping");
+        const echo = await c.joined(socket, uniq("fixture:echo-"));
         const bytes = new Uint8Array([0, 1, 2, 127, 128, 254, 255, 10, 13, 91, 34]);
-        const result = await outcome(ping.push("binary", bytes.slice().buffer));
+        const result = await outcome(echo.push("echo", bytes.slice().buffer));
         assert.equal(result.status, "ok");
         assert.ok(result.response instanceof ArrayBuffer, "the reply payload is binary");
         assert.deepEqual(new Uint8Array(result.response), bytes);
 
         const big = new Uint8Array(64 * 1024).map((_, i) => (i * 31) & 0xff);
-        const bigResult = await outcome(ping.push("binary", big.slice().buffer));
+        const bigResult = await outcome(echo.push("echo", big.slice().buffer));
         assert.equal(bigResult.status, "ok");
         assert.deepEqual(new Uint8Array(bigResult.response), big);
 
         // JSON pushes still work on the same channel.
-        assert.deepEqual(await outcome(ping.push("ping", {})), { status: "ok", response: { ping: "pong" } });
+        assert.deepEqual(await outcome(echo.push("echo", { a: 1 })), { status: "ok", response: { a: 1 } });
       });
 
       it("heartbeats are answered, so the connection stays up", async (c) => {

@@ -2,15 +2,15 @@
 //! with StarlingMonkey or QuickJS, or any other) in wasmtime 48 with the
 //! host's engine settings and a stub host, for `roost:channel@0.2.0` or
 //! `0.1.0`. For 0.2 it first checks that each callback round-trips the
-//! contract's types (the `context` resource passed as `borrow`, `result`,
-//! `option`, variants, `list<u8>`, a timer id). Then it measures what a
+//! contract's types (the `context` import, `result`, `option`, variants,
+//! `list<u8>`, a timer id). Then it measures what a
 //! plugin costs: compile, instantiation, a warm `handle_in` (the room chat's
 //! `message:add`: assigns read, one broadcast, a reply), the linear memory of
 //! a warm instance and the resident memory each extra warm instance adds.
 //!
-//! It exists because the host loads only 0.1.0 so far; once it loads 0.2.0,
-//! `bench guest` (`src/bin/bench/guest.rs`) measures through the host's own
-//! API and this harness can go. The stub host records effects instead of
+//! `bench guest --plugin` (`src/bin/bench/guest.rs`) measures the ping
+//! logic through the host's own API; this harness compares engines on any
+//! plugin, memory included, without a server. The stub host records effects instead of
 //! applying them, as the real one does, so a call costs about what it costs
 //! there (minus the socket).
 //!
@@ -23,7 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, bail, ensure, format_err};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -31,7 +31,6 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "roost:channel/plugin",
     exports: { default: async },
-    with: { "roost:channel/types.context": CallContext },
 });
 
 /// The 0.1.0 world, which the host loads today.
@@ -46,7 +45,8 @@ mod v01 {
 use exports::roost::channel::handler::Outcome;
 use roost::channel::types::{Joined, Level, Payload};
 
-/// What the host offers a callback through the `context` resource.
+/// What the host offers the running callback through the `context` import.
+#[derive(Clone)]
 pub struct CallContext {
     topic: String,
     claims: String,
@@ -58,6 +58,8 @@ pub struct CallContext {
 struct Host {
     wasi: WasiCtx,
     table: ResourceTable,
+    /// The running call's context (0.2 reads it through imports).
+    current: CallContext,
     effects: Vec<String>,
     next_timer: u64,
     memory: MemoryMeter,
@@ -122,39 +124,25 @@ fn text(payload: &Payload) -> String {
 
 impl roost::channel::types::Host for Host {}
 
-impl roost::channel::types::HostContext for Host {
-    fn app(&mut self, _ctx: Resource<CallContext>) -> String {
+impl roost::channel::context::Host for Host {
+    fn app(&mut self) -> String {
         "demo".into()
     }
 
-    fn topic(&mut self, ctx: Resource<CallContext>) -> String {
-        self.table
-            .get(&ctx)
-            .map(|c| c.topic.clone())
-            .unwrap_or_default()
+    fn topic(&mut self) -> String {
+        self.current.topic.clone()
     }
 
-    fn socket_id(&mut self, _ctx: Resource<CallContext>) -> Option<String> {
+    fn socket_id(&mut self) -> Option<String> {
         Some("users_socket:42".into())
     }
 
-    fn claims(&mut self, ctx: Resource<CallContext>) -> String {
-        self.table
-            .get(&ctx)
-            .map(|c| c.claims.clone())
-            .unwrap_or_default()
+    fn claims(&mut self) -> String {
+        self.current.claims.clone()
     }
 
-    fn assigns(&mut self, ctx: Resource<CallContext>) -> String {
-        self.table
-            .get(&ctx)
-            .map(|c| c.assigns.clone())
-            .unwrap_or_default()
-    }
-
-    fn drop(&mut self, ctx: Resource<CallContext>) -> wasmtime::Result<()> {
-        self.table.delete(ctx)?;
-        Ok(())
+    fn assigns(&mut self) -> String {
+        self.current.assigns.clone()
     }
 }
 
@@ -261,6 +249,7 @@ fn new_store(engine: &Engine) -> Store<Host> {
     let host = Host {
         wasi: WasiCtxBuilder::new().build(),
         table: ResourceTable::new(),
+        current: context("{}"),
         effects: Vec::new(),
         next_timer: 0,
         memory: MemoryMeter::default(),
@@ -273,13 +262,13 @@ fn new_store(engine: &Engine) -> Store<Host> {
     store
 }
 
-fn context(store: &mut Store<Host>, assigns: &str) -> wasmtime::Result<Resource<CallContext>> {
-    let ctx = CallContext {
+/// The room chat channel's context for the next calls, with `assigns`.
+fn context(assigns: &str) -> CallContext {
+    CallContext {
         topic: "room:lobby".into(),
         claims: r#"{"sub":"ada","username":"Ada"}"#.into(),
         assigns: assigns.into(),
-    };
-    Ok(store.data_mut().table.push(ctx)?)
+    }
 }
 
 fn bytes_len(path: &str) -> u64 {
@@ -360,13 +349,9 @@ async fn check(instance: &Plugin, store: &mut Store<Host>) -> wasmtime::Result<(
         "  intercepts: {:?}",
         handler.call_intercepts(&mut *store).await?
     );
-    let ctx = context(store, "{}")?;
+    store.data_mut().current = context("{}");
     let joined: Result<Joined, Payload> = handler
-        .call_join(
-            &mut *store,
-            Resource::new_borrow(ctx.rep()),
-            &json(r#"{"username":"ada"}"#),
-        )
+        .call_join(&mut *store, "room:lobby", &json(r#"{"username":"ada"}"#))
         .await?;
     match &joined {
         Ok(j) => println!(
@@ -377,32 +362,20 @@ async fn check(instance: &Plugin, store: &mut Store<Host>) -> wasmtime::Result<(
         Err(p) => println!("  join err: {}", text(p)),
     }
     let refused = handler
-        .call_join(
-            &mut *store,
-            Resource::new_borrow(ctx.rep()),
-            &json(r#"{"refuse":true}"#),
-        )
+        .call_join(&mut *store, "room:lobby", &json(r#"{"refuse":true}"#))
         .await?;
     println!(
         "  join with {{\"refuse\":true}}: {:?}",
         refused.map(|j| text(&j.response)).map_err(|p| text(&p))
     );
-    store.data_mut().table.delete(ctx)?;
 
-    let ctx = context(store, r#"{"room_id":"lobby","username":"ada"}"#)?;
+    store.data_mut().current = context(ASSIGNS);
     for (event, payload) in [
         ("ping", json(r#"{"ack_phrase":"hi"}"#)),
         ("binary", Payload::Binary(vec![0, 1, 255])),
         ("message:add", json(r#"{"message":"hello"}"#)),
     ] {
-        let out: Outcome = handler
-            .call_handle_in(
-                &mut *store,
-                Resource::new_borrow(ctx.rep()),
-                event,
-                &payload,
-            )
-            .await?;
+        let out: Outcome = handler.call_handle_in(&mut *store, event, &payload).await?;
         println!(
             "  handle_in {event}: reply {:?} assigns {:?} stop {:?}",
             out.reply
@@ -412,23 +385,13 @@ async fn check(instance: &Plugin, store: &mut Store<Host>) -> wasmtime::Result<(
             out.stop
         );
     }
-    let out = handler
-        .call_handle_info(&mut *store, Resource::new_borrow(ctx.rep()), "tick")
-        .await?;
+    let out = handler.call_handle_info(&mut *store, "tick").await?;
     println!("  handle_info: assigns {:?}", out.assigns);
     let out = handler
-        .call_handle_out(
-            &mut *store,
-            Resource::new_borrow(ctx.rep()),
-            "new_msg",
-            &json(r#"{"body":"x"}"#),
-        )
+        .call_handle_out(&mut *store, "new_msg", &json(r#"{"body":"x"}"#))
         .await?;
     println!("  handle_out: reply {:?}", out.reply.map(|r| r.status));
-    handler
-        .call_terminate(&mut *store, Resource::new_borrow(ctx.rep()), "leave")
-        .await?;
-    store.data_mut().table.delete(ctx)?;
+    handler.call_terminate(&mut *store, "leave").await?;
     for effect in std::mem::take(&mut store.data_mut().effects) {
         println!("  effect: {effect}");
     }
@@ -451,17 +414,11 @@ impl Warm {
     async fn call(&self, store: &mut Store<Host>) -> wasmtime::Result<()> {
         match self {
             Self::V02(plugin) => {
-                let ctx = context(store, ASSIGNS)?;
+                store.data_mut().current = context(ASSIGNS);
                 plugin
                     .roost_channel_handler()
-                    .call_handle_in(
-                        &mut *store,
-                        Resource::new_borrow(ctx.rep()),
-                        EVENT,
-                        &json(PAYLOAD),
-                    )
+                    .call_handle_in(&mut *store, EVENT, &json(PAYLOAD))
                     .await?;
-                store.data_mut().table.delete(ctx)?;
             }
             Self::V01(channel) => {
                 let ctx = v01::roost::channel::types::Context {

@@ -4,7 +4,7 @@
 //! in this process both
 //!
 //! - as the WASM ping plugin, loaded and called through the host's own API
-//!   (`Plugin::load`, `Plugin::handle_in` with a `CallContext`), exactly as
+//!   (`Runtime::compile`, `Plugin::handle_in` with a `CallContext`), exactly as
 //!   a socket's channel calls it: warm instance from the pool, deadline,
 //!   context and payload copied into the guest, the guest SDK parsing the
 //!   payload and serializing the reply, the host validating the reply; and
@@ -25,6 +25,7 @@
 //! The server options (`--url`, `--spawn`, …) do not apply.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use roost_host::config::GuestLimits;
@@ -66,20 +67,25 @@ const PAYLOADS: [&str; 2] = [r#"{"ack_phrase":"hoorays..!"}"#, "{}"];
 /// A call's context: owned text, borrowed by [`CallContext`].
 struct Context {
     name: &'static str,
-    socket_id: Option<String>,
-    claims: String,
-    assigns: String,
+    socket_id: Option<Arc<str>>,
+    claims: Arc<str>,
+    assigns: Arc<str>,
 }
 
 impl Context {
     fn call(&self) -> CallContext<'_> {
         CallContext {
             topic: "ping",
-            socket_id: self.socket_id.as_deref(),
+            socket_id: self.socket_id.as_ref(),
             claims: &self.claims,
             assigns: &self.assigns,
             presence: None,
             owner: None,
+            timers: Vec::new(),
+            timer_budget: None,
+            kv: None,
+            limits: GuestLimits::default(),
+            timers_per_app: 0,
         }
     }
 }
@@ -121,18 +127,22 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         .unwrap_or_else(|| roost_tests::plugin("ping"));
     let path = std::fs::canonicalize(&path).unwrap_or(path);
     let runtime = Runtime::new("roost@bench", None)?;
-    let plugin = Plugin::load(&runtime, "bench", &path, GuestLimits::default()).await?;
+    let plugin = Plugin::new(
+        runtime.clone(),
+        runtime.compile(&path).await?,
+        "bench".into(),
+    );
     let payloads = PAYLOADS.map(Payload::json_raw);
     let contexts = [
         Context {
             name: "empty",
             socket_id: None,
-            claims: "{}".to_owned(),
-            assigns: "{}".to_owned(),
+            claims: "{}".into(),
+            assigns: "{}".into(),
         },
         Context {
             name: "sized",
-            socket_id: Some("users_socket:user-1234567".to_owned()),
+            socket_id: Some("users_socket:user-1234567".into()),
             claims: sized_object(
                 json!({
                     "sub": "user-1234567",
@@ -143,7 +153,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
                     "roles": ["reader", "writer"],
                 }),
                 args.context_bytes,
-            ),
+            )
+            .into(),
             assigns: sized_object(
                 json!({
                     "count": 42,
@@ -152,7 +163,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
                     "prefs": {"theme": "dark", "lang": "en"},
                 }),
                 args.context_bytes,
-            ),
+            )
+            .into(),
         },
     ];
 
@@ -161,8 +173,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     for context in &contexts {
         let ctx = context.call();
         for payload in &payloads {
-            let wasm = plugin.handle_in(ctx, "ping", payload).await;
-            let native = native_handle_in(ctx, "ping", payload).await;
+            let wasm = plugin.handle_in(ctx.clone(), "ping", payload).await;
+            let native = native_handle_in(&ctx, "ping", payload).await;
             match (wasm, native) {
                 (Ok(wasm), Ok(native)) if wasm.value == native.value && wasm.effects.is_empty() => {
                 }
@@ -181,17 +193,17 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         if !problems.is_empty() {
             break;
         }
-        native_calls(ctx, &payloads, WARMUP).await?;
-        wasm_calls(&plugin, ctx, &payloads, WARMUP).await?;
+        native_calls(&ctx, &payloads, WARMUP).await?;
+        wasm_calls(&plugin, &ctx, &payloads, WARMUP).await?;
         let per_round = args.calls / args.rounds;
         let mut rounds = Measured {
             native_ns: Vec::new(),
             wasm_ns: Vec::new(),
         };
         for _ in 0..args.rounds {
-            let took = native_calls(ctx, &payloads, per_round).await?;
+            let took = native_calls(&ctx, &payloads, per_round).await?;
             rounds.native_ns.push(ns_per_call(took, per_round));
-            let took = wasm_calls(&plugin, ctx, &payloads, per_round).await?;
+            let took = wasm_calls(&plugin, &ctx, &payloads, per_round).await?;
             rounds.wasm_ns.push(ns_per_call(took, per_round));
         }
         measured.push((context, rounds));
@@ -264,7 +276,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
 /// The ping plugin's `handle_in` for `ping` and `ping:<p>`, natively: the
 /// payload's JSON text parsed, the reply serialized to JSON text.
 async fn native_handle_in(
-    _ctx: CallContext<'_>,
+    _ctx: &CallContext<'_>,
     event: &str,
     payload: &Payload,
 ) -> Result<Called<Outcome>, PluginError> {
@@ -294,7 +306,7 @@ async fn native_handle_in(
 }
 
 async fn native_calls(
-    ctx: CallContext<'_>,
+    ctx: &CallContext<'_>,
     payloads: &[Payload; 2],
     calls: u64,
 ) -> Result<Duration, PluginError> {
@@ -308,14 +320,14 @@ async fn native_calls(
 
 async fn wasm_calls(
     plugin: &Plugin,
-    ctx: CallContext<'_>,
+    ctx: &CallContext<'_>,
     payloads: &[Payload; 2],
     calls: u64,
 ) -> Result<Duration, PluginError> {
     let started = Instant::now();
     for i in 0..calls {
         let payload = &payloads[(i % 2) as usize];
-        black_box(plugin.handle_in(ctx, black_box("ping"), payload).await?);
+        black_box(plugin.handle_in(ctx.clone(), black_box("ping"), payload).await?);
     }
     Ok(started.elapsed())
 }

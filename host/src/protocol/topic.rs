@@ -1,10 +1,6 @@
-//! Topic patterns (`ping`, `room:*`) and the per-app table that maps a topic
-//! to its plugin. An exact pattern wins over a prefix; among prefixes, the
-//! longest wins.
-
-use std::sync::Arc;
-
-use crate::runtime::PluginSlot;
+//! Topic patterns from the config (`ping`, `room:*`): exact topics and
+//! prefixes ending in `*`. Pure data; `channel::Router` orders them and maps
+//! a topic to the plugin that serves it.
 
 /// A topic pattern from the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,36 +37,14 @@ impl TopicPattern {
             Self::Prefix(prefix) => topic.starts_with(prefix.as_str()),
         }
     }
-}
 
-/// One app's routes, in match order.
-#[derive(Default)]
-pub struct Router {
-    routes: Vec<(TopicPattern, Arc<PluginSlot>)>,
-}
-
-impl Router {
-    pub fn new(routes: impl IntoIterator<Item = (TopicPattern, Arc<PluginSlot>)>) -> Self {
-        let mut routes: Vec<_> = routes.into_iter().collect();
-        // Exact patterns first, then longer prefixes before shorter ones.
-        routes.sort_by_key(|(pattern, _)| match pattern {
-            TopicPattern::Exact(_) => (0, 0),
-            TopicPattern::Prefix(p) => (1, usize::MAX - p.len()),
-        });
-        Self { routes }
-    }
-
-    /// Every route's slot (a slot serving several patterns appears once per pattern).
-    pub fn slots(&self) -> impl Iterator<Item = &Arc<PluginSlot>> {
-        self.routes.iter().map(|(_, slot)| slot)
-    }
-
-    /// The plugin slot serving `topic`, if any route matches.
-    pub fn route(&self, topic: &str) -> Option<&Arc<PluginSlot>> {
-        self.routes
-            .iter()
-            .find(|(pattern, _)| pattern.matches(topic))
-            .map(|(_, slot)| slot)
+    /// Match precedence: exact patterns first, then longer prefixes before
+    /// shorter ones.
+    pub fn precedence(&self) -> (u8, usize) {
+        match self {
+            Self::Exact(_) => (0, 0),
+            Self::Prefix(p) => (1, usize::MAX - p.len()),
+        }
     }
 }
 
