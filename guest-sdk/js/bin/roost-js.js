@@ -23,15 +23,10 @@ import { fileURLToPath } from "node:url";
 
 const sdk = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
+// QuickJS is the default: a seventh of the size and of the compile time, a
+// third of the call cost and a fifth of the memory of StarlingMonkey, whose
+// heap also grows until the host's memory cap stops it.
 const ENGINES = ["quickjs", "starlingmonkey"];
-
-// QuickJS is the default: a seventh of the size, a ninth of the compile
-// time, a third of the call cost and a fifth of the memory of StarlingMonkey,
-// whose heap also grows until the host's memory cap stops it (the numbers
-// are in NOTES-js.md). It cannot drop a borrowed context in time, though, so
-// a contract that borrows it gets StarlingMonkey.
-const canQuickJs = (contract) => contract === "0.1" || ownsContext(contract);
-const defaultEngine = (contract) => (canQuickJs(contract) ? "quickjs" : "starlingmonkey");
 const CONTRACTS = ["0.2", "0.1"];
 
 // StarlingMonkey's WASI features a channel never needs. `clocks` stays:
@@ -77,15 +72,6 @@ function projectConfig(dir) {
 const witFile = (contract) =>
   contract === "0.1" ? path.join(sdk, "wit/v0.1/channel.wit") : process.env.ROOST_JS_WIT || path.join(sdk, "wit/channel.wit");
 
-/**
- * Whether the callbacks own their context (`ctx: context`) rather than
- * borrow it (`ctx: borrow<context>`): an owned one the adapter drops itself
- * when the call ends, as neither engine does it in time on its own.
- */
-function ownsContext(contract) {
-  return contract !== "0.1" && /\bctx: context\b/.test(fs.readFileSync(witFile(contract), "utf8"));
-}
-
 /** Writes the WIT for this build into `dir`; returns the world's name. */
 function writeWit(dir, contract, capabilities) {
   if (contract === "0.1") {
@@ -94,7 +80,7 @@ function writeWit(dir, contract, capabilities) {
   }
   const kv = capabilities.includes("kv");
   const world = kv ? "roost-js-kv" : "roost-js";
-  const imports = ["channel", "presence", "log", "timers", ...(kv ? ["kv"] : [])];
+  const imports = ["context", "channel", "presence", "log", "timers", ...(kv ? ["kv"] : [])];
   // In the contract's own file: parsers take one package per directory and
   // refuse a second doc-commented `package` line.
   fs.writeFileSync(
@@ -112,7 +98,7 @@ async function bundle(dir, entry, contract, engine, capabilities) {
   const src = (file) => path.join(sdk, "src", file);
   fs.writeFileSync(
     path.join(dir, "engine.js"),
-    `export const bigints = ${engine === "starlingmonkey"};\nexport const ownedContext = ${ownsContext(contract)};\n`,
+    `export const bigints = ${engine === "starlingmonkey"};\n`,
   );
   fs.writeFileSync(
     path.join(dir, "entry.js"),
@@ -180,19 +166,11 @@ export async function build(opts, cwd = process.cwd()) {
   const entry = path.resolve(cwd, opts.entry ?? config.entry ?? "src/index.js");
   const output = path.resolve(cwd, opts.output ?? config.output ?? "plugin.wasm");
   const contract = opts.contract ?? config.contract ?? "0.2";
-  const engine = opts.engine ?? config.engine ?? defaultEngine(contract);
+  const engine = opts.engine ?? config.engine ?? ENGINES[0];
   const capabilities = [...new Set([...(config.capabilities ?? []), ...(opts.capabilities ?? [])])];
   if (!ENGINES.includes(engine)) usage(`unknown engine "${engine}" (${ENGINES.join(", ")})`);
   if (!CONTRACTS.includes(contract)) usage(`unknown contract "${contract}" (${CONTRACTS.join(", ")})`);
   if (!fs.existsSync(entry)) usage(`no entry file ${entry}`);
-  if (engine === "quickjs" && !canQuickJs(contract)) {
-    usage(
-      "QuickJS (componentize-qjs 0.4.5) cannot take the context as borrow<context>: every call would trap with " +
-        '"borrow handles still remain at the end of the call". Use --engine starlingmonkey, or a contract whose ' +
-        "callbacks take `ctx: context`.",
-    );
-  }
-
   const started = Date.now();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "roost-js-"));
   try {

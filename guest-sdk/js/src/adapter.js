@@ -4,10 +4,11 @@
 // Each call gets a fresh Socket (socket.js) over the context, a decoded
 // payload (payload.js), calls the channel's function and turns what it
 // returns (outcome.js) into the WIT value, with the assigns only if the
-// callback changed them. The two contract versions differ only in how the
-// context arrives (0.2: a borrowed resource with getters; 0.1: a record) and
-// in the shape of `join`'s ok value; `version` picks. The build (bin/roost-js.js)
-// wires this to the imports in host-0.2.js or host-0.1.js.
+// callback changed them. The two contract versions differ in how the
+// context arrives (0.2: the imported `context` interface, whose getters
+// answer for the running call; 0.1: a record passed to each callback) and in
+// the shape of `join`'s ok value; `version` picks. The build
+// (bin/roost-js.js) wires this to the imports in host-0.2.js or host-0.1.js.
 
 import { Outcome, noreply } from "./outcome.js";
 import { decode, encode } from "./payload.js";
@@ -32,18 +33,6 @@ export function handlerFor(channel, host, version = "0.2") {
   if (typeof channel.join !== "function") throw new TypeError("a Roost channel needs a join(topic, payload, socket) function");
   const intercepts = (channel.intercepts ?? []).map(String);
 
-  // 0.2 passes a resource with getters; 0.1 a record, read the same way.
-  const contextOf =
-    version === "0.1"
-      ? (ctx) => ({
-          app: () => ctx.app,
-          topic: () => ctx.topic,
-          socketId: () => ctx.socketId,
-          claims: () => ctx.claims,
-          assigns: () => ctx.assigns,
-        })
-      : (ctx) => ctx;
-
   // A callback that throws ends the channel (phx_error), as a crashing
   // Phoenix channel process does: log why, then let the exception trap.
   const guarded = (name, fn) => {
@@ -56,16 +45,12 @@ export function handlerFor(channel, host, version = "0.2") {
   };
 
   const call = (name, ctx, run) => {
-    const socket = new Socket(host, contextOf(ctx));
-    try {
-      return guarded(name, () => toOutcome(name, run(socket), socket));
-    } finally {
-      host.release(ctx);
-    }
+    const socket = new Socket(host, ctx);
+    return guarded(name, () => toOutcome(name, run(socket), socket));
   };
 
   const join = (ctx, payload) => {
-    const socket = new Socket(host, contextOf(ctx));
+    const socket = new Socket(host, ctx);
     const outcome = guarded("join", () => {
       const result = channel.join(socket.topic, decode(payload), socket);
       if (result === undefined) return new Outcome({ status: "ok", response: {} });
@@ -82,42 +67,51 @@ export function handlerFor(channel, host, version = "0.2") {
     return version === "0.1" ? { reply: { status: "ok", response }, assigns, stop: null } : { response, assigns };
   };
 
-  return {
-    intercepts: () => intercepts,
-
-    join(ctx, payload) {
-      try {
-        return join(ctx, payload);
-      } finally {
-        host.release(ctx);
-      }
-    },
-
-    handleIn(ctx, event, payload) {
-      return call("handleIn", ctx, (socket) => (channel.handleIn ? channel.handleIn(event, decode(payload), socket) : noreply()));
-    },
-
-    handleOut(ctx, event, payload) {
-      return call("handleOut", ctx, (socket) => {
+  const callbacks = {
+    handleIn: (ctx, event, payload) =>
+      call("handleIn", ctx, (socket) => (channel.handleIn ? channel.handleIn(event, decode(payload), socket) : noreply())),
+    handleOut: (ctx, event, payload) =>
+      call("handleOut", ctx, (socket) => {
         if (channel.handleOut) return channel.handleOut(event, decode(payload), socket);
         // Default, as the Rust SDK's: push the broadcast on as it came.
         host.push(event, payload);
         return noreply();
-      });
+      }),
+    handleInfo: (ctx, message) =>
+      call("handleInfo", ctx, (socket) => (channel.handleInfo ? channel.handleInfo(message, socket) : noreply())),
+    terminate: (ctx, reason) => {
+      if (channel.terminate) guarded("terminate", () => channel.terminate(reason, new Socket(host, ctx)));
     },
+  };
 
-    handleInfo(ctx, message) {
-      return call("handleInfo", ctx, (socket) => (channel.handleInfo ? channel.handleInfo(message, socket) : noreply()));
-    },
-
-    terminate(ctx, reason) {
-      const socket = new Socket(host, contextOf(ctx));
-      try {
-        if (channel.terminate) guarded("terminate", () => channel.terminate(reason, socket));
-      } finally {
-        host.release(ctx);
-      }
-    },
+  if (version === "0.1") {
+    // 0.1 passes the context as a record, first argument of each callback.
+    const record = (ctx) => ({
+      app: () => ctx.app,
+      topic: () => ctx.topic,
+      socketId: () => ctx.socketId,
+      claims: () => ctx.claims,
+      assigns: () => ctx.assigns,
+    });
+    return {
+      intercepts: () => intercepts,
+      join: (ctx, payload) => join(record(ctx), payload),
+      handleIn: (ctx, event, payload) => callbacks.handleIn(record(ctx), event, payload),
+      handleOut: (ctx, event, payload) => callbacks.handleOut(record(ctx), event, payload),
+      handleInfo: (ctx, message) => callbacks.handleInfo(record(ctx), message),
+      terminate: (ctx, reason) => callbacks.terminate(record(ctx), reason),
+    };
+  }
+  // 0.2: the context is the imported `context` interface, about the
+  // running call; `join` gets the topic too.
+  const ctx = host.context;
+  return {
+    intercepts: () => intercepts,
+    join: (_topic, payload) => join(ctx, payload),
+    handleIn: (event, payload) => callbacks.handleIn(ctx, event, payload),
+    handleOut: (event, payload) => callbacks.handleOut(ctx, event, payload),
+    handleInfo: (message) => callbacks.handleInfo(ctx, message),
+    terminate: (reason) => callbacks.terminate(ctx, reason),
   };
 }
 

@@ -22,5 +22,4 @@ export const host = {
   cancelTimer: missing("cancelTimer"),
   kv: null,
   crash: (error) => error,
-  release: () => {},
 };

@@ -9,14 +9,16 @@
 // needs the app's grant.
 
 import * as channelNs from "roost:channel/channel@0.2.0";
+import * as contextNs from "roost:channel/context@0.2.0";
 import * as logNs from "roost:channel/log@0.2.0";
 import * as presenceNs from "roost:channel/presence@0.2.0";
 import * as timersNs from "roost:channel/timers@0.2.0";
 import { kv } from "roost-guest:kv";
-import { bigints, ownedContext } from "roost-guest:engine";
+import { bigints } from "roost-guest:engine";
 
 const pick = (ns) => ns.default ?? ns;
 const channel = pick(channelNs);
+const context = pick(contextNs);
 const presence = pick(presenceNs);
 const log = pick(logNs);
 const timers = pick(timersNs);
@@ -42,7 +44,12 @@ export const host = {
   kv: kv && { ...kv, u64: int64, s64: int64 },
   // Thrown to end the call with a trap; see adapter.js.
   crash: (error) => error,
-  // An owned context is dropped when its call ends, so the host's handle
-  // goes at once (engines would drop it only on GC, or never).
-  release: ownedContext ? (ctx) => ctx[Symbol.dispose]() : () => {},
+  // Who the running call is for; socket.js reads each field once, if asked.
+  context: {
+    app: () => context.app(),
+    topic: () => context.topic(),
+    socketId: () => context.socketId(),
+    claims: () => context.claims(),
+    assigns: () => context.assigns(),
+  },
 };

@@ -19,7 +19,7 @@ function fakeHost({ kv = false } = {}) {
   const calls = [];
   const store = new Map();
   const record = (name) => (...args) => calls.push([name, ...args]);
-  return {
+  const host = {
     calls,
     push: record("push"),
     broadcast: record("broadcast"),
@@ -49,14 +49,21 @@ function fakeHost({ kv = false } = {}) {
       s64: Number,
     },
     crash: (error) => error,
-    released: 0,
-    release() {
-      this.released += 1;
+    // The 0.2 `context` interface answers for the running call: here,
+    // whatever `current` holds.
+    current: context(),
+    context: {
+      app: () => host.current.app(),
+      topic: () => host.current.topic(),
+      socketId: () => host.current.socketId(),
+      claims: () => host.current.claims(),
+      assigns: () => host.current.assigns(),
     },
   };
+  return host;
 }
 
-/** A 0.2 context resource: getters, counting how often each is read. */
+/** What the 0.2 `context` interface answers, counting how often each getter is read. */
 function context({ topic = "room:lobby", claims = "{}", assigns = "{}", socketId = undefined } = {}) {
   const reads = {};
   const read = (name, value) => () => ((reads[name] = (reads[name] ?? 0) + 1), value);
@@ -77,36 +84,27 @@ describe("the adapter", () => {
       },
       host,
     );
-    assert.deepEqual(handler.join(context(), json({ username: "ada" })), {
+    assert.deepEqual(handler.join("room:lobby", json({ username: "ada" })), {
       response: json({ channel: "room:lobby" }),
       assigns: '{"user":"ada"}',
     });
   });
 
-  it("releases the context after every callback, even one that throws", () => {
-    const host = fakeHost();
-    const handler = handlerFor({ join: () => reply.ok({}), handleIn: () => { throw new Error("x"); } }, host);
-    handler.join(context(), json({}));
-    assert.throws(() => handler.handleIn(context(), "x", json({})));
-    handler.handleInfo(context(), "tick");
-    handler.terminate(context(), "leave");
-    assert.equal(host.released, 4);
-  });
-
   it("a join that returns nothing joins with {} and no assigns", () => {
     const handler = handlerFor({ join() {} }, fakeHost());
-    assert.deepEqual(handler.join(context(), json({})), { response: { tag: "json", val: "{}" }, assigns: null });
+    assert.deepEqual(handler.join("room:lobby", json({})), { response: { tag: "json", val: "{}" }, assigns: null });
   });
 
   it("reply.error refuses the join: the WIT err is thrown", () => {
     const handler = handlerFor({ join: () => reply.error({ reason: "unauthorized" }) }, fakeHost());
-    assert.throws(() => handler.join(context(), json({})), (thrown) => {
+    assert.throws(() => handler.join("room:lobby", json({})), (thrown) => {
       assert.deepEqual(thrown, json({ reason: "unauthorized" }));
       return true;
     });
   });
 
   it("sends assigns back only when the callback assigned", () => {
+    const host = fakeHost();
     const handler = handlerFor(
       {
         join: () => reply.ok({}),
@@ -116,23 +114,25 @@ describe("the adapter", () => {
           return noreply();
         },
       },
-      fakeHost(),
+      host,
     );
-    const ctx = context({ assigns: '{"count":1,"room":"lobby"}' });
-    assert.deepEqual(handler.handleIn(ctx, "read", json({})), { reply: { status: "ok", response: json({ count: 1 }) }, assigns: null, stop: null });
-    assert.deepEqual(handler.handleIn(ctx, "inc", json({})), { reply: null, assigns: '{"count":2,"room":"lobby"}', stop: null });
+    host.current = context({ assigns: '{"count":1,"room":"lobby"}' });
+    assert.deepEqual(handler.handleIn("read", json({})), { reply: { status: "ok", response: json({ count: 1 }) }, assigns: null, stop: null });
+    assert.deepEqual(handler.handleIn("inc", json({})), { reply: null, assigns: '{"count":2,"room":"lobby"}', stop: null });
   });
 
   it("reads the context only when asked, once per call", () => {
+    const host = fakeHost();
     const handler = handlerFor(
       {
         join: () => reply.ok({}),
         handleIn: (_e, _p, socket) => reply.ok({ a: socket.topic, b: socket.topic, c: socket.claims.sub }),
       },
-      fakeHost(),
+      host,
     );
     const ctx = context({ claims: '{"sub":"42"}' });
-    handler.handleIn(ctx, "x", json({}));
+    host.current = ctx;
+    handler.handleIn("x", json({}));
     assert.deepEqual(ctx.reads, { topic: 1, claims: 1 });
   });
 
@@ -148,14 +148,14 @@ describe("the adapter", () => {
       },
       fakeHost(),
     );
-    assert.deepEqual(handler.handleIn(context(), "ding", json({})), { reply: { status: "ok", response: json({ msg: "bye" }) }, assigns: null, stop: "normal" });
-    assert.deepEqual(handler.handleIn(context(), "quit", json({})), { reply: null, assigns: null, stop: "shutdown" });
-    assert.equal(handler.handleIn(context(), "x", json({})).reply.status, "accepted");
+    assert.deepEqual(handler.handleIn("ding", json({})), { reply: { status: "ok", response: json({ msg: "bye" }) }, assigns: null, stop: "normal" });
+    assert.deepEqual(handler.handleIn("quit", json({})), { reply: null, assigns: null, stop: "shutdown" });
+    assert.equal(handler.handleIn("x", json({})).reply.status, "accepted");
   });
 
   it("binary payloads arrive as Uint8Array and go back as binary", () => {
     const handler = handlerFor({ join: () => reply.ok({}), handleIn: (_e, payload) => reply.ok(payload) }, fakeHost());
-    const out = handler.handleIn(context(), "bin", { tag: "binary", val: [0, 1, 255] });
+    const out = handler.handleIn("bin", { tag: "binary", val: [0, 1, 255] });
     assert.equal(out.reply.response.tag, "binary");
     assert.deepEqual([...out.reply.response.val], [0, 1, 255]);
   });
@@ -175,7 +175,7 @@ describe("the adapter", () => {
       },
       host,
     );
-    handler.join(context(), json({}));
+    handler.join("room:lobby", json({}));
     assert.deepEqual(host.calls, [
       ["track", "ada", '{"online_at":1}'],
       ["push", "presence_state", { tag: "json", val: '{"ada":{"metas":[{"online_at":1,"phx_ref":"R"}]}}' }],
@@ -193,7 +193,7 @@ describe("the adapter", () => {
   it("a callback that throws is logged, then the exception ends the call", () => {
     const host = fakeHost();
     const handler = handlerFor({ join: () => reply.ok({}), handleIn: () => { throw new TypeError("boom"); } }, host);
-    assert.throws(() => handler.handleIn(context(), "x", json({})), /boom/);
+    assert.throws(() => handler.handleIn("x", json({})), /boom/);
     assert.equal(host.calls[0][0], "log");
     assert.equal(host.calls[0][1], "error");
     assert.match(host.calls[0][2], /handleIn threw: TypeError: boom/);
@@ -201,16 +201,16 @@ describe("the adapter", () => {
 
   it("a callback returning something else than an outcome is a crash, not a silent noreply", () => {
     const handler = handlerFor({ join: () => reply.ok({}), handleIn: () => ({ ping: "pong" }) }, fakeHost());
-    assert.throws(() => handler.handleIn(context(), "x", json({})), /must return reply.ok/);
+    assert.throws(() => handler.handleIn("x", json({})), /must return reply.ok/);
   });
 
   it("handleOut pushes the broadcast on by default, and handleInfo gets the timer's message", () => {
     const host = fakeHost();
     const seen = [];
     const handler = handlerFor({ join: () => reply.ok({}), handleInfo: (message, socket) => (seen.push(message), socket.assign("ticks", 1), noreply()) }, host);
-    assert.deepEqual(handler.handleOut(context(), "new_msg", json({ body: "x" })), { reply: null, assigns: null, stop: null });
+    assert.deepEqual(handler.handleOut("new_msg", json({ body: "x" })), { reply: null, assigns: null, stop: null });
     assert.deepEqual(host.calls, [["push", "new_msg", json({ body: "x" })]]);
-    assert.equal(handler.handleInfo(context(), "tick").assigns, '{"ticks":1}');
+    assert.equal(handler.handleInfo("tick").assigns, '{"ticks":1}');
     assert.deepEqual(seen, ["tick"]);
   });
 
@@ -227,7 +227,7 @@ describe("the socket", () => {
     const host = fakeHost();
     let result;
     const handler = handlerFor({ join: () => reply.ok({}), handleIn: (_e, _p, socket) => ((result = [socket.sendAfter(10, "tick"), socket.cancelTimer(7), socket.cancelTimer(8)]), noreply()) }, host);
-    handler.handleIn(context(), "x", json({}));
+    handler.handleIn("x", json({}));
     assert.deepEqual(result, [7, true, false]);
     assert.deepEqual(host.calls, [["sendAfter", 10, "tick"]]);
   });
@@ -255,7 +255,7 @@ describe("the socket", () => {
       },
       host,
     );
-    handler.handleIn(context(), "x", json({}));
+    handler.handleIn("x", json({}));
     assert.deepEqual(result.json, { n: [1, "é"] });
     assert.deepEqual(result.raw, [1, 2]);
     assert.equal(result.missing, null);
@@ -268,7 +268,7 @@ describe("the socket", () => {
 
   it("kv without the capability says how to enable it", () => {
     const handler = handlerFor({ join: () => reply.ok({}), handleIn: (_e, _p, socket) => socket.kv.get("a") }, fakeHost());
-    assert.throws(() => handler.handleIn(context(), "x", json({})), /add "roost": \{ "capabilities": \["kv"\] \}/);
+    assert.throws(() => handler.handleIn("x", json({})), /add "roost": \{ "capabilities": \["kv"\] \}/);
   });
 });
 

@@ -47,7 +47,7 @@ export function freePort() {
  * `server` and `limits` are extra TOML lines for `[server]` and
  * `[apps.demo.limits]`.
  */
-function configToml({ server = [], limits = [] } = {}) {
+function configToml({ server = [], limits = [], dataDir } = {}) {
   const p = (name) => JSON.stringify(path.join(PLUGIN_DIR, name));
   const js = (name) => JSON.stringify(path.join(JS_PLUGIN_DIR, name));
   const routes = [
@@ -57,17 +57,23 @@ function configToml({ server = [], limits = [] } = {}) {
     `"room:*" = ${p("room_chat.wasm")}`,
     // plugins/fixtures/fixture: joins that spin, crash or refuse; `boom` crashes.
     `"fixture:*" = ${p("fixture.wasm")}`,
-    // The JS room chat, and a JS guest that throws, spins or eats memory.
+    // The JS room chat, and a JS guest that throws, spins, eats memory, sets
+    // timers and uses storage (guest-sdk/js/test/fixtures/fixture.js).
     `"jsroom:*" = ${js("room_chat_js.wasm")}`,
     `"jsfixture:*" = ${js("fixture_js.wasm")}`,
   ];
   return [
     "[server]",
     'node = "roost@js"',
+    // The JS fixture's key-value storage, in this server's temp dir.
+    ...(dataDir ? [`data_dir = ${JSON.stringify(dataDir)}`] : []),
     ...server,
     "",
     "[apps.demo]",
     'mount = "/socket"',
+    "",
+    "[apps.demo.capabilities]",
+    "kv = true",
     "",
     "[apps.demo.routes]",
     ...routes,
@@ -121,7 +127,7 @@ export class RoostServer {
     this.port = null;
     this.proc = null;
     this.exited = null;
-    fs.writeFileSync(this.configPath, configToml(config));
+    fs.writeFileSync(this.configPath, configToml({ dataDir: path.join(this.dir, "data"), ...config }));
   }
 
   get host() {

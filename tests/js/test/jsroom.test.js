@@ -1,8 +1,9 @@
 // JavaScript plugins in a real Roost: the JS room chat (plugins/js/room-chat,
 // routed at `jsroom:*`) sends the Rust room chat's frames byte for byte, its
-// presence works with the official client's `Presence`, and a JS guest that
-// throws, spins or eats memory (`jsfixture:*`, guest-sdk/js's sandbox
-// fixture) is contained as a Rust one is. run.sh builds both with the JS SDK.
+// presence works with the official client's `Presence`; a JS guest
+// (`jsfixture:*`, guest-sdk/js/test/fixtures/fixture.js) that throws, spins
+// or eats memory is contained as a Rust one is, and its timers and storage
+// work through the SDK. run.sh builds both with the JS SDK.
 
 import assert from "node:assert/strict";
 import { after, before, describe, it as nodeIt } from "node:test";
@@ -138,5 +139,43 @@ describe("a JS guest in the sandbox", () => {
     assert.match(log, /handleIn threw: Error: handleIn blew up/);
     assert.match(log, /deadline/);
     assert.match(log, /memory limit/);
+  });
+});
+
+describe("a JS guest's timers and storage", () => {
+  it("sendAfter calls handleInfo on the channel, with the assigns it left; a cancelled timer never fires", async (c) => {
+    const socket = await c.connected(server.socketUrl, WebSocket);
+    const channel = await c.joined(socket, uniq("jsfixture:timers-"));
+    const infos = [];
+    channel.on("info", (payload) => infos.push(payload));
+    const cancel = await outcome(channel.push("cancel", {}));
+    assert.deepEqual(cancel, { status: "ok", response: { cancelled: true, again: false } });
+    const later = await outcome(channel.push("later", { ms: 0, message: "tick" }));
+    assert.equal(later.status, "ok");
+    assert.equal(typeof later.response.timer, "number");
+    await waitFor(() => infos.length >= 1, 5000, "the first timer fired");
+    // The second sees the assigns the first handleInfo left.
+    await outcome(channel.push("later", { ms: 20, message: "tock" }));
+    await waitFor(() => infos.length >= 2, 5000, "two timers fired");
+    await sleep(400); // the cancelled one (200 ms) would have fired by now
+    assert.deepEqual(infos, [
+      { message: "tick", ticks: 1 },
+      { message: "tock", ticks: 2 },
+    ]);
+  });
+
+  it("kv: an app-wide counter and JSON values, shared by channels", async (c) => {
+    const key = uniq("count-");
+    const socket = await c.connected(server.socketUrl, WebSocket);
+    const a = await c.joined(socket, uniq("jsfixture:kv-a-"));
+    const b = await c.joined(socket, uniq("jsfixture:kv-b-"));
+    assert.deepEqual(await outcome(a.push("count", { key })), { status: "ok", response: { count: 1 } });
+    assert.deepEqual(await outcome(b.push("count", { key })), { status: "ok", response: { count: 2 } });
+    const doc = uniq("doc-");
+    await outcome(a.push("put", { key: doc, value: { title: "hé", tags: ["a", 1] } }));
+    assert.deepEqual(await outcome(b.push("get", { key: doc })), {
+      status: "ok",
+      response: { value: { title: "hé", tags: ["a", 1] }, keys: [doc] },
+    });
   });
 });
