@@ -52,7 +52,8 @@ fn main() {
 }
 
 /// Rebuild when plugin sources, the SDK or the WIT change — but not when the
-/// plugins' own target directory does.
+/// plugins' own target directory does, nor `plugins/js` (npm projects, not
+/// crates of the plugins workspace; their builds write `dist/` there).
 fn watch(root: &Path) {
     for path in [
         "wit",
@@ -66,7 +67,7 @@ fn watch(root: &Path) {
     let entries = std::fs::read_dir(root.join("plugins")).expect("reading plugins/");
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.is_dir() && entry.file_name() != "target" {
+        if path.is_dir() && entry.file_name() != "target" && entry.file_name() != "js" {
             watch_sources(&path);
         }
     }

@@ -23,6 +23,7 @@
 //! - [`storage`]: plugins' key-value storage, one namespace per app.
 //! - [`protocol`]: the wire formats and topic patterns — pure code, no I/O.
 //! - [`reload`]: watches plugin files and the config, swaps in new versions.
+//! - [`scaffold`]: `roost new`, a new plugin project in Rust or JavaScript.
 //! - [`api`]: the per-app HTTP API (broadcast, disconnect, status) and health.
 //! - [`web`]: each app's static files and the official phoenix client, over
 //!   plain HTTP.
@@ -64,6 +65,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod reload;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 pub mod shutdown;
 pub mod socket;

@@ -1,5 +1,5 @@
 //! The `roost` command: `roost serve` runs the server, `roost token` mints a
-//! token for an app.
+//! token for an app, `roost new` creates a plugin project.
 
 use std::path::PathBuf;
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use roost_host::auth;
 use roost_host::config::Config;
-use roost_host::server;
+use roost_host::{scaffold, server};
 use serde_json::Value;
 use tracing_subscriber::EnvFilter;
 
@@ -52,6 +52,25 @@ enum Command {
         #[arg(long = "claim", value_parser = parse_claim)]
         claims: Vec<(String, Value)>,
     },
+    /// Create a plugin project, in Rust or JavaScript, that builds as it is.
+    New {
+        /// The plugin's name: a valid crate and npm package name.
+        name: String,
+        #[arg(long, default_value_t = scaffold::Lang::Rust)]
+        lang: scaffold::Lang,
+        /// The topic pattern it serves (default `<name>:*`).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Where to create it (default `plugins/<name>`; `plugins/js/<name>` for JS).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Add the route to this app's routes in the config (else print it).
+        #[arg(long)]
+        app: Option<String>,
+        /// The config file.
+        #[arg(long, short, default_value = "roost.toml", env = "ROOST_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 fn parse_claim(text: &str) -> Result<(String, Value), String> {
@@ -85,6 +104,21 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
+        Command::New {
+            name,
+            lang,
+            topic,
+            dir,
+            app,
+            config,
+        } => scaffold::run(
+            &name,
+            lang,
+            topic.as_deref(),
+            dir.as_deref(),
+            &config,
+            app.as_deref(),
+        ),
         Command::Serve { config, listen } => {
             let mut config = Config::load(&config)?;
             if let Some(listen) = listen {

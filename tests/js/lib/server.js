@@ -2,7 +2,8 @@
 //
 // The binary comes from $ROOST_BIN (default: ../../target/debug/roost from
 // tests/js). The sample plugins come from $ROOST_PLUGIN_DIR (default:
-// ../../plugins/target/wasm32-wasip2/release from tests/js). The server's stderr goes to a log
+// ../../plugins/target/wasm32-wasip2/release from tests/js), the JS ones from
+// $ROOST_JS_PLUGIN_DIR (default: tests/js/.js-plugins, built by run.sh). The server's stderr goes to a log
 // file in a temp dir; `dumpLog()` prints it, which the tests do only when one
 // of them fails.
 
@@ -22,6 +23,8 @@ const fromEnv = (name, fallback) =>
   process.env[name] ? path.resolve(process.env[name]) : path.resolve(jsRoot, fallback);
 export const ROOST_BIN = fromEnv("ROOST_BIN", "../../target/debug/roost");
 export const PLUGIN_DIR = fromEnv("ROOST_PLUGIN_DIR", "../../plugins/target/wasm32-wasip2/release");
+// The JS plugins, built by run.sh (plugins/js/room-chat, guest-sdk/js's sandbox fixture).
+export const JS_PLUGIN_DIR = fromEnv("ROOST_JS_PLUGIN_DIR", ".js-plugins");
 
 const READY_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 5_000;
@@ -44,8 +47,9 @@ export function freePort() {
  * `server` and `limits` are extra TOML lines for `[server]` and
  * `[apps.demo.limits]`.
  */
-function configToml({ server = [], limits = [] } = {}) {
+function configToml({ server = [], limits = [], dataDir } = {}) {
   const p = (name) => JSON.stringify(path.join(PLUGIN_DIR, name));
+  const js = (name) => JSON.stringify(path.join(JS_PLUGIN_DIR, name));
   const routes = [
     `"ping" = ${p("ping.wasm")}`,
     `"ping:*" = ${p("ping.wasm")}`,
@@ -53,14 +57,23 @@ function configToml({ server = [], limits = [] } = {}) {
     `"room:*" = ${p("room_chat.wasm")}`,
     // plugins/fixtures/fixture: joins that spin, crash or refuse; `boom` crashes.
     `"fixture:*" = ${p("fixture.wasm")}`,
+    // The JS room chat, and a JS guest that throws, spins, eats memory, sets
+    // timers and uses storage (guest-sdk/js/test/fixtures/fixture.js).
+    `"jsroom:*" = ${js("room_chat_js.wasm")}`,
+    `"jsfixture:*" = ${js("fixture_js.wasm")}`,
   ];
   return [
     "[server]",
     'node = "roost@js"',
+    // The JS fixture's key-value storage, in this server's temp dir.
+    ...(dataDir ? [`data_dir = ${JSON.stringify(dataDir)}`] : []),
     ...server,
     "",
     "[apps.demo]",
     'mount = "/socket"',
+    "",
+    "[apps.demo.capabilities]",
+    "kv = true",
     "",
     "[apps.demo.routes]",
     ...routes,
@@ -114,7 +127,7 @@ export class RoostServer {
     this.port = null;
     this.proc = null;
     this.exited = null;
-    fs.writeFileSync(this.configPath, configToml(config));
+    fs.writeFileSync(this.configPath, configToml({ dataDir: path.join(this.dir, "data"), ...config }));
   }
 
   get host() {

@@ -51,6 +51,11 @@ pub struct Args {
     /// second context.
     #[arg(long, default_value_t = 200)]
     pub context_bytes: usize,
+
+    /// Another build of the ping plugin to measure instead of the Rust one,
+    /// e.g. `plugins/js/ping` built by `roost-js build`.
+    #[arg(long)]
+    pub plugin: Option<std::path::PathBuf>,
 }
 
 /// Untimed calls per handler and context before the rounds.
@@ -116,7 +121,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         args.rounds > 0 && args.calls >= args.rounds,
         "--rounds must be positive and --calls at least --rounds"
     );
-    let path = roost_tests::plugin("ping");
+    let path = args
+        .plugin
+        .clone()
+        .unwrap_or_else(|| roost_tests::plugin("ping"));
     let path = std::fs::canonicalize(&path).unwrap_or(path);
     let runtime = Runtime::new("roost@bench", None)?;
     let plugin = Plugin::new(

@@ -101,6 +101,7 @@ pub async fn run(target_args: &TargetArgs) -> anyhow::Result<bool> {
                         calls: 20_000,
                         rounds: 2,
                         context_bytes: 200,
+                        plugin: None,
                     };
                     guest::run(&args).await
                 }
