@@ -441,3 +441,25 @@ async fn a_delayed_timer_fires_on_time_and_goes_with_its_channel() {
     c.expect(r#"["1","1","fixture:d","phx_close",{}]"#).await;
     assert_eq!(app.timers().pending(), 0);
 }
+
+#[tokio::test]
+async fn the_loop_of_an_idle_connection_stays_small() {
+    // An idle connection holds this future for its whole life: plugin calls
+    // are boxed while they run, so their state is not part of it.
+    let app = bare_app("");
+    let semaphore = Arc::new(Semaphore::new(1));
+    let permit =
+        ConnectionPermit::new(semaphore.try_acquire_owned().unwrap(), app.admit().unwrap());
+    let session = Session::new(app.clone(), Serializer::V2, Identity::anonymous(), permit);
+    let (_to_server, inbound) = mpsc::unbounded_channel();
+    let (outbound, _from_server) = mpsc::unbounded_channel();
+    let conn = ChannelConn { inbound, outbound };
+    let shutdown = Shutdown::default();
+    let task = run(conn, session, shutdown, None);
+    let size = std::mem::size_of_val(&task);
+    println!(
+        "socket::run future: {size} bytes (session {} bytes)",
+        std::mem::size_of::<Session>()
+    );
+    assert!(size < 2048, "the loop's future grew to {size} bytes");
+}

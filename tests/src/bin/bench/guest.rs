@@ -266,6 +266,20 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
             sized.wasm() - empty.wasm()
         ));
     }
+    if args.plugin.is_none()
+        && let Some((context, _)) = measured.last()
+    {
+        let more = other_calls(&runtime, context, &payloads, (args.calls / 10).max(100)).await?;
+        summary.push("  other calls (sized context, ns per call, median of 3 rounds):".into());
+        for (name, ns) in &more {
+            summary.push(format!("    {name}: {ns:.0} ns"));
+        }
+        json["other_calls_ns"] = more
+            .iter()
+            .map(|(name, ns)| (name.to_string(), json!(ns.round())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     Ok(Report {
         summary,
         json,
@@ -373,4 +387,76 @@ fn verdict(met: bool, factor: f64, of: &str) -> String {
     } else {
         format!("NOT met, {factor:.2}× {of}")
     }
+}
+
+/// Calls beyond `handle_in` on the 0.2 ping, each timed over `calls` calls
+/// (median of 3 rounds): the same `ping` on a build of the 0.1 contract
+/// (which copies the whole context into the guest on every call), the
+/// ping's `handle_info` (a timer firing), and key-value `set` and `get`
+/// through the `store` fixture (SQLite in a temp dir, off the async
+/// threads, as a server runs it).
+async fn other_calls(
+    runtime: &Runtime,
+    context: &Context,
+    payloads: &[Payload; 2],
+    calls: u64,
+) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let load = |name: &str| {
+        let path = roost_tests::plugin(name);
+        let runtime = runtime.clone();
+        async move {
+            let compiled = runtime.compile(&path).await?;
+            anyhow::Ok(Plugin::new(runtime, compiled, "bench".into()))
+        }
+    };
+    let (v01, ping, store) = (
+        load("ping_v01").await?,
+        load("ping").await?,
+        load("store").await?,
+    );
+    let data = tempfile::tempdir()?;
+    let storage = roost_host::storage::Storage::new(data.path().to_owned());
+    let limits = roost_host::config::Limits::default();
+    let kv = storage.kv("bench", roost_host::storage::Quotas::from_limits(&limits))?;
+    let ctx = context.call();
+    let stored = CallContext {
+        kv: Some(kv),
+        ..ctx.clone()
+    };
+    let info = r#"{"ping":1,"delay_ms":0}"#;
+    let set = Payload::json_raw(r#"{"key":"bench","value":"a value of some thirty bytes."}"#);
+    let get = Payload::json_raw(r#"{"key":"bench"}"#);
+    let mut results = Vec::new();
+    for name in [
+        "ping on 0.1 (context copied)",
+        "handle_info",
+        "kv set",
+        "kv get",
+    ] {
+        let mut rounds = Vec::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            for i in 0..calls {
+                let called = match name {
+                    "ping on 0.1 (context copied)" => {
+                        v01.handle_in(ctx.clone(), "ping", &payloads[(i % 2) as usize])
+                            .await
+                    }
+                    "handle_info" => ping.handle_info(ctx.clone(), info).await,
+                    "kv set" => store.handle_in(stored.clone(), "set", &set).await,
+                    _ => store.handle_in(stored.clone(), "get", &get).await,
+                };
+                let called = called.map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+                if let Some((status, response)) = &called.value.reply
+                    && status != "ok"
+                {
+                    anyhow::bail!("{name}: replied {status} {response:?}");
+                }
+                black_box(called);
+            }
+            rounds.push(ns_per_call(started.elapsed(), calls));
+        }
+        results.push((name, median(&rounds)));
+    }
+    Ok(results)
 }

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Scenarios: `connections`, `fanout`, `reqreply`, `joins`, `guest`,
-//! `reload` (one file each) and `smoke` (all of them, tiny, as a test). Each
+//! `reload`, `timers` (one file each) and `smoke` (all of them, tiny, as a test). Each
 //! prints a short summary and then one JSON line (`{"scenario": …, "ok": …,
 //! "problems": […], …}`). `guest` needs no server (it calls a plugin in this
 //! process); `reload` starts its own, with its own config.
@@ -39,6 +39,7 @@ mod reqreply;
 mod smoke;
 mod stats;
 mod target;
+mod timers;
 mod worker;
 
 use std::process::ExitCode;
@@ -81,6 +82,8 @@ enum Scenario {
     /// Hot reload under load: pushes on K channels while the plugin file is
     /// replaced every few hundred ms; lost, reordered, version switch times.
     Reload(reload::Args),
+    /// Channels with repeating timers: fires/s, lateness, server CPU per fire.
+    Timers(timers::Args),
     /// Every scenario with tiny numbers; exits 1 unless all pass.
     Smoke,
     /// (internal) A client process holding a share of `connections`.
@@ -170,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Fanout(args) => fanout::run(&mut target, args).await,
         Scenario::Reqreply(args) => reqreply::run(&mut target, args).await,
         Scenario::Joins(args) => joins::run(&mut target, args).await,
+        Scenario::Timers(args) => timers::run(&mut target, args).await,
         Scenario::Smoke | Scenario::Worker(_) | Scenario::Guest(_) | Scenario::Reload(_) => {
             unreachable!("handled above")
         }

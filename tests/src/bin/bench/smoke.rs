@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use crate::target::{Access, Target, TargetArgs};
-use crate::{Report, connections, fanout, guest, joins, print, reload, reqreply};
+use crate::{Report, connections, fanout, guest, joins, print, reload, reqreply, timers};
 
 /// How long one scenario may take before smoke gives up on it.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(25);
@@ -40,6 +40,7 @@ pub async fn run(target_args: &TargetArgs) -> anyhow::Result<bool> {
         "joins --token",
         "guest",
         "reload",
+        "timers",
     ] {
         if matches!(name, "reload" | "joins --token") && target_args.url.is_some() {
             println!("smoke: {name} skipped: it starts its own server, and --url was given");
@@ -116,6 +117,16 @@ pub async fn run(target_args: &TargetArgs) -> anyhow::Result<bool> {
                         timeout,
                     };
                     reload::run(target_args, &args).await
+                }
+                "timers" => {
+                    let args = timers::Args {
+                        channels: 20,
+                        sockets: 2,
+                        interval_ms: 50,
+                        duration: 1.0,
+                        timeout,
+                    };
+                    timers::run(&mut target, &args).await
                 }
                 _ => connections::run(&mut target, &connections(10)).await,
             }

@@ -471,9 +471,11 @@ capabilities = {{ kv = true }}
 "ping" = "{ping}"
 "ping:*" = "{ping}"
 "room:*" = "{room}"
+"fixture:*" = "{fixture}"
 "#,
         ping = plugin("ping").display(),
         room = plugin("room_chat").display(),
+        fixture = plugin("fixture").display(),
         data_dir = serde_json::Value::from(data_dir.display().to_string()),
     )
 }
