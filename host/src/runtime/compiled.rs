@@ -15,6 +15,9 @@ use super::Runtime;
 use super::bindings::{ChannelPre, StoreData};
 use super::plugin::Warm;
 
+/// The WIT world every plugin is linked against (`wit/v0.1`).
+const WIT_WORLD: &str = "roost:channel@0.1.0";
+
 pub struct Compiled {
     /// The file stem, e.g. `room_chat`.
     name: Arc<str>,
@@ -94,6 +97,11 @@ impl Compiled {
 
     pub fn loaded_at(&self) -> SystemTime {
         self.loaded_at
+    }
+
+    /// The WIT world (package and version) this version was linked against.
+    pub fn wit(&self) -> &'static str {
+        WIT_WORLD
     }
 
     /// Whether this version handles `event` in `handle_out`.

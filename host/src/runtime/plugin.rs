@@ -19,6 +19,7 @@ use super::bindings::{self, Channel, ChannelPre, Effect, Outcome, StoreData};
 use super::compiled::Compiled;
 use super::guest_log::GuestLog;
 use crate::config::GuestLimits;
+use crate::metrics::{Callback, PluginMetrics};
 use crate::presence::{Owner, Presence};
 use crate::protocol::Payload;
 use bindings::roost::channel::types as wit;
@@ -85,6 +86,8 @@ pub struct Plugin {
     compiled: Arc<Compiled>,
     app: Arc<str>,
     warm: Mutex<Vec<Warm>>,
+    /// This plugin's call latencies, failures and reloads, for this app.
+    metrics: PluginMetrics,
 }
 
 /// An instance and its store, ready for a call.
@@ -95,12 +98,18 @@ pub(super) struct Warm {
 
 impl Plugin {
     pub fn new(runtime: Runtime, compiled: Arc<Compiled>, app: Arc<str>) -> Self {
+        let metrics = runtime.metrics().plugin(&app, compiled.name());
         Self {
             runtime,
             compiled,
             app,
             warm: Mutex::new(Vec::new()),
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &PluginMetrics {
+        &self.metrics
     }
 
     /// The compiled version this serves.
@@ -132,6 +141,7 @@ impl Plugin {
         ctx: CallContext<'_>,
         payload: &Payload,
     ) -> Result<Called<Result<Outcome, Payload>>, PluginError> {
+        let _timer = self.metrics.time(Callback::Join);
         let mut lease = self.lease(ctx, Deadline::Join).await?;
         let result = lease
             .channel
@@ -181,6 +191,7 @@ impl Plugin {
         event: &str,
         payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
+        let _timer = self.metrics.time(direction.callback());
         let mut lease = self.lease(ctx, Deadline::Call).await?;
         let handler = lease.channel.roost_channel_handler();
         let (context, payload) = (self.context(ctx), bindings::to_wit(payload));
@@ -207,6 +218,7 @@ impl Plugin {
         ctx: CallContext<'_>,
         reason: &str,
     ) -> Result<Called<()>, PluginError> {
+        let _timer = self.metrics.time(Callback::Terminate);
         let mut lease = self.lease(ctx, Deadline::Call).await?;
         let result = lease
             .channel
@@ -402,6 +414,15 @@ fn classify(error: wasmtime::Error, budget: Duration) -> PluginError {
 enum Direction {
     In,
     Out,
+}
+
+impl Direction {
+    fn callback(self) -> Callback {
+        match self {
+            Self::In => Callback::HandleIn,
+            Self::Out => Callback::HandleOut,
+        }
+    }
 }
 
 /// Which of the app's deadlines a call runs under.
