@@ -181,7 +181,8 @@ describe("the dashboard", () => {
     await page.reload();
     await page.waitForSelector('#status[data-state="live"]');
     assert.equal(await page.isVisible("#key-dialog"), false);
-    assert.deepEqual(page.problems, []);
+    // The wrong key's 401 is the only thing the browser complained about.
+    assert.deepEqual(page.problems.filter((p) => !p.includes("status of 401")), []);
   });
 
   it("shows a plugin hot reload, and a failed one, as they happen", async () => {

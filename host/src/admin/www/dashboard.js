@@ -364,7 +364,9 @@ function drawPlugins(apps) {
         const td = el("td");
         td.colSpan = 7;
         const when = plugin.last_error_at ? ` (${ago(plugin.last_error_at * 1000)})` : "";
-        td.append(el("span", null, `Last reload failed${when}; the version above kept serving:`), el("span", "mono", plugin.last_error));
+        const error = el("span", "mono", plugin.last_error);
+        error.title = plugin.last_error;
+        td.append(el("span", null, `Last reload failed${when}; the version above kept serving:`), error);
         line.append(td);
         rows.push(line);
       }
@@ -430,11 +432,13 @@ function drawReloads(reloads) {
     ...reloads.slice(0, 8).map((r) => {
       const item = el("li", r.ok ? "ok" : "failed");
       item.dataset.plugin = r.plugin;
-      const what = el("span");
-      what.append(el("span", "name", r.plugin), el("span", "dim", ` · ${r.app} · `), el("span", "version", r.version));
       const when = el("time", null, clock.format(new Date(r.at)));
       when.dateTime = new Date(r.at).toISOString();
-      item.append(el("span", "mark", r.ok ? "✓" : "✕"), what, when);
+      item.append(el("span", "mark", r.ok ? "✓" : "✕"), el("span", "name", r.plugin), when);
+      const detail = el("span", "what");
+      if (r.ok) detail.append(el("span", "dim", `${r.app} · now `), el("span", "version", r.version));
+      else detail.append(el("span", "dim", `${r.app} · kept `), el("span", "version", r.version));
+      item.append(detail);
       if (!r.ok && r.error) {
         const why = el("span", "why", r.error);
         why.title = r.error;
