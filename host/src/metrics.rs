@@ -41,14 +41,15 @@
 //! | `roost_resident_memory_bytes` | gauge | |
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// The `Content-Type` of what [`Metrics::encode`] writes.
@@ -57,11 +58,25 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 /// Recent plugin reloads kept for the dashboard: enough for a screen.
 const RECENT_RELOADS: usize = 20;
 
-/// Upper bounds of the guest call latency buckets, in seconds: a warm call
-/// takes microseconds, the deadline is a second (`join` 5 s).
-const CALL_BUCKETS: [f64; 15] = [
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-    0.1, 0.25, 1.0, 5.0,
+/// Upper bounds of the guest call latency buckets, in nanoseconds (10 µs
+/// to 5 s): a warm call takes microseconds, the deadline is a second
+/// (`join` 5 s).
+const CALL_BUCKETS_NS: [u64; 15] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    100_000_000,
+    250_000_000,
+    1_000_000_000,
+    5_000_000_000,
 ];
 
 /// The transports a socket connects with (label `transport`).
@@ -233,10 +248,56 @@ struct NodeLabels {
     version: String,
 }
 
-type CallHistograms = Family<CallLabels, Histogram, fn() -> Histogram>;
+/// A latency histogram over [`CALL_BUCKETS_NS`] whose observations take
+/// no lock: two relaxed atomic adds. prometheus-client's own `Histogram`
+/// takes a mutex per observation, which a guest call — the one histogram
+/// on a hot path — would pay on every message; this one is encoded by the
+/// same encoder.
+#[derive(Debug, Clone, Default)]
+pub struct CallHistogram {
+    inner: Arc<CallBuckets>,
+}
 
-fn call_histogram() -> Histogram {
-    Histogram::new(CALL_BUCKETS)
+#[derive(Debug, Default)]
+struct CallBuckets {
+    /// Observations per bucket (not cumulative); the last is `+Inf`.
+    counts: [AtomicU64; CALL_BUCKETS_NS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl CallHistogram {
+    fn observe(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = CALL_BUCKETS_NS
+            .iter()
+            .position(|bound| nanos <= *bound)
+            .unwrap_or(CALL_BUCKETS_NS.len());
+        self.inner.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for CallHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for CallHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let bounds = CALL_BUCKETS_NS
+            .iter()
+            .map(|nanos| *nanos as f64 / 1e9)
+            .chain(std::iter::once(f64::INFINITY));
+        let buckets: Vec<(f64, u64)> = bounds
+            .zip(self.inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 /// The registry and every metric family in it. Cheap to clone; clones
@@ -268,7 +329,7 @@ struct Families {
     disconnects: Family<ReasonLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     longpoll_sessions: Gauge,
-    calls: CallHistograms,
+    calls: Family<CallLabels, CallHistogram>,
     failures: Family<KindLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     warm_instances: Family<PluginLabels, Gauge>,
@@ -299,7 +360,7 @@ impl Metrics {
             disconnects: Family::default(),
             refusals: Family::default(),
             longpoll_sessions: Gauge::default(),
-            calls: Family::new_with_constructor(call_histogram),
+            calls: Family::default(),
             failures: Family::default(),
             reloads: Family::default(),
             warm_instances: Family::default(),
@@ -768,7 +829,7 @@ struct PluginHandles {
     app: Arc<str>,
     plugin: Arc<str>,
     /// By [`Callback::ALL`] index.
-    calls: [Histogram; 4],
+    calls: [CallHistogram; 4],
     /// By [`FAILURE_KINDS`] index.
     failures: [Counter; 5],
     /// For a kind not in [`FAILURE_KINDS`] (rare by definition).
@@ -847,13 +908,13 @@ impl PluginMetrics {
 
 /// A running guest call; see [`PluginMetrics::time`].
 pub struct CallTimer<'a> {
-    histogram: &'a Histogram,
+    histogram: &'a CallHistogram,
     started: Instant,
 }
 
 impl Drop for CallTimer<'_> {
     fn drop(&mut self) {
-        self.histogram.observe(self.started.elapsed().as_secs_f64());
+        self.histogram.observe(self.started.elapsed());
     }
 }
 
@@ -957,6 +1018,8 @@ mod tests {
         let metrics = Metrics::new();
         let plugin = metrics.plugin("demo", "ping");
         drop(plugin.time(Callback::HandleIn));
+        plugin.handles.calls[0].observe(Duration::from_millis(3));
+        plugin.handles.calls[0].observe(Duration::from_secs(60));
         plugin.failed("deadline");
         plugin.failed("something new");
         plugin.reloaded("abc");
@@ -967,6 +1030,22 @@ mod tests {
             value(&text, "roost_guest_call_duration_seconds_count", labels),
             Some(1.0),
             "{text}"
+        );
+        let join = r#"app="demo",plugin="ping",callback="join""#;
+        let bucket = |le: &str| {
+            value(
+                &text,
+                "roost_guest_call_duration_seconds_bucket",
+                &format!("{join},le=\"{le}\""),
+            )
+        };
+        assert_eq!(bucket("0.001"), Some(0.0), "{text}");
+        assert_eq!(bucket("0.005"), Some(1.0), "cumulative: 3 ms is under 5 ms");
+        assert_eq!(bucket("5"), Some(1.0), "{text}");
+        assert_eq!(bucket("+Inf"), Some(2.0), "a minute is over every bound");
+        assert_eq!(
+            value(&text, "roost_guest_call_duration_seconds_sum", join),
+            Some(60.003)
         );
         for (kind, want) in [("deadline", 1.0), ("trap", 0.0), ("something new", 1.0)] {
             let labels = format!(r#"app="demo",plugin="ping",kind="{kind}""#);
