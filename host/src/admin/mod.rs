@@ -129,15 +129,16 @@ impl Admin {
         })
     }
 
-    /// `Ok` if the request carries a valid admin key; else the response.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// `None` if the request carries a valid admin key; else the refusal
+    /// to answer with (404 when no key is configured, else 401).
+    fn refusal(&self, headers: &HeaderMap) -> Option<Response> {
         if !self.enabled() {
-            return Err(not_configured());
+            return Some(not_configured());
         }
         match bearer(headers) {
-            None => Err(unauthorized("missing `Authorization: Bearer <admin key>`")),
-            Some(key) if self.key_is_valid(Some(key)) => Ok(()),
-            Some(_) => Err(unauthorized(
+            None => Some(unauthorized("missing `Authorization: Bearer <admin key>`")),
+            Some(key) if self.key_is_valid(Some(key)) => None,
+            Some(_) => Some(unauthorized(
                 "the key is not one of the server's `admin_keys`",
             )),
         }
@@ -168,7 +169,7 @@ pub fn routes(admin: Admin) -> Router {
 
 async fn serve_metrics(State(admin): State<Admin>, headers: HeaderMap) -> Response {
     if !admin.shared.metrics_public
-        && let Err(refused) = admin.authorize(&headers)
+        && let Some(refused) = admin.refusal(&headers)
     {
         return refused;
     }
@@ -235,7 +236,7 @@ fn asset(admin: &Admin, body: &'static str, content_type: &'static str) -> Respo
 }
 
 async fn state(State(admin): State<Admin>, headers: HeaderMap) -> Response {
-    if let Err(refused) = admin.authorize(&headers) {
+    if let Some(refused) = admin.refusal(&headers) {
         return refused;
     }
     let snapshot = admin.dashboard().snapshot();
