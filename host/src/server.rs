@@ -119,6 +119,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
     });
     tracing::info!(%addr, "listening");
+    if !config.server.admin_keys.is_empty() {
+        tracing::info!("dashboard: http://{addr}/dashboard");
+    }
     Ok(Running {
         addr,
         apps,

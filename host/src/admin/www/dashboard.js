@@ -79,6 +79,7 @@ ui.signOut.addEventListener("click", () => {
 
 function askForKey(problem) {
   document.body.dataset.state = "signed-out";
+  showStatus("signed-out", "signed out");
   ui.keyError.textContent = problem;
   ui.keyInput.value = "";
   if (!ui.keyDialog.open) ui.keyDialog.showModal();
