@@ -326,3 +326,52 @@ async fn admin_paths_are_reserved_for_web_pages() {
         "{error:#}"
     );
 }
+
+#[tokio::test]
+async fn refused_connections_are_counted_by_reason() {
+    let text = with_keys()
+        + r#"
+        [apps.private]
+        mount = "/private"
+        secrets = ["value:private-secret-0123456789"]
+        check_origin = ["https://private.example"]
+        [apps.private.routes]
+        "ping" = "PING"
+        "#;
+    let server =
+        TestServer::with_config(&text.replace("PING", &plugin("ping").display().to_string())).await;
+    let ws = |query: &str| format!("ws://{}/private/websocket?vsn=2.0.0{query}", server.addr);
+    assert!(tokio_tungstenite::connect_async(ws("")).await.is_err());
+    assert!(
+        tokio_tungstenite::connect_async(ws("&token=garbage"))
+            .await
+            .is_err()
+    );
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws(""))
+            .expect("request");
+    request
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().expect("origin"));
+    assert!(tokio_tungstenite::connect_async(request).await.is_err());
+    let longpoll = reqwest::get(server.url("/private/longpoll?vsn=2.0.0"))
+        .await
+        .expect("long-poll");
+    assert_eq!(longpoll.status(), 200, "long-poll refuses in its body");
+    let (_, _, text) = get(&server, "/metrics", Some(ADMIN_KEY)).await;
+    for (transport, reason, count) in [
+        ("websocket", "token_missing", 1.0),
+        ("websocket", "token_malformed", 1.0),
+        ("websocket", "origin", 1.0),
+        ("websocket", "token_expired", 0.0),
+        ("longpoll", "token_missing", 1.0),
+    ] {
+        let labels = format!(r#"app="private",transport="{transport}",reason="{reason}""#);
+        assert_eq!(
+            sample(&text, "roost_connect_refusals_total", &labels),
+            count,
+            "{labels}"
+        );
+    }
+    server.stop().await;
+}
