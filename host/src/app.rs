@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use crate::channel::Router;
 use crate::config::{AppConfig, Limits};
 use crate::mailbox::{Close, Command, Mailbox};
+use crate::metrics::AppMetrics;
 use crate::presence::Presence;
 use crate::protocol::{Payload, TopicPattern};
 use crate::pubsub::{Delivery, PubSub};
@@ -39,6 +40,8 @@ pub struct App {
     channels: AtomicUsize,
     /// Timers pending on all of the app's channels.
     timers: Arc<TimerBudget>,
+    /// The app's counters and gauges, resolved once.
+    metrics: AppMetrics,
 }
 
 struct SocketEntry {
@@ -145,7 +148,13 @@ pub fn grants(config: &AppConfig, app: &str, plugin: &Compiled) -> anyhow::Resul
 }
 
 impl App {
+    /// An app whose metrics are registered nowhere (tests).
     pub fn new(name: &str, state: AppState) -> Self {
+        Self::with_metrics(name, state, AppMetrics::unregistered())
+    }
+
+    /// An app counting into `metrics`.
+    pub fn with_metrics(name: &str, state: AppState, metrics: AppMetrics) -> Self {
         Self {
             name: name.into(),
             pubsub: PubSub::default(),
@@ -155,12 +164,17 @@ impl App {
             connections: AtomicUsize::new(0),
             channels: AtomicUsize::new(0),
             timers: Arc::default(),
+            metrics,
         }
     }
 
     /// The app's count of pending timers.
     pub fn timers(&self) -> &Arc<TimerBudget> {
         &self.timers
+    }
+
+    pub fn metrics(&self) -> &AppMetrics {
+        &self.metrics
     }
 
     pub fn name(&self) -> &Arc<str> {
@@ -248,6 +262,7 @@ impl App {
 
     /// Counts a channel joined (`+1`) or gone (`-1`) for the status API.
     pub fn count_channel(&self, joined: bool) {
+        self.metrics.channel(joined);
         if joined {
             self.channels.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -286,7 +301,18 @@ impl App {
         } else {
             Delivery::Fastlane
         };
-        self.pubsub.deliver(topic, event, payload, except, delivery)
+        let reached = self.pubsub.deliver(topic, event, payload, except, delivery);
+        self.metrics.broadcast(reached);
+        reached
+    }
+
+    /// Bytes queued in the mailboxes of the app's sockets now. Walks every
+    /// socket: for a scrape or the dashboard, not for a hot path.
+    pub fn outbox_bytes(&self) -> usize {
+        self.lock_sockets()
+            .values()
+            .map(|entry| entry.mailbox.queued_bytes())
+            .sum()
     }
 
     fn tell_sockets(&self, command: Command) {

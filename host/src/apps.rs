@@ -19,6 +19,7 @@ use crate::app::{App, AppPermit, AppState};
 use crate::auth::{self, Identity};
 use crate::config::AppConfig;
 use crate::mailbox::Close;
+use crate::metrics::{ConnectionGauge, refusal};
 use crate::protocol::Serializer;
 use crate::runtime::Runtime;
 use crate::storage::Storage;
@@ -54,6 +55,8 @@ pub struct Admission {
 pub struct ConnectionPermit {
     _server: OwnedSemaphorePermit,
     _app: AppPermit,
+    /// Counts the connection in `roost_sockets_active` while it lives.
+    _gauge: Option<ConnectionGauge>,
 }
 
 impl ConnectionPermit {
@@ -61,6 +64,15 @@ impl ConnectionPermit {
         Self {
             _server: server,
             _app: app,
+            _gauge: None,
+        }
+    }
+
+    /// Also counts the connection in the app's socket gauge.
+    fn counted(self, gauge: ConnectionGauge) -> Self {
+        Self {
+            _gauge: Some(gauge),
+            ..self
         }
     }
 }
@@ -119,21 +131,26 @@ impl Apps {
         vsn: Option<&str>,
         token: Option<&str>,
     ) -> Result<Admission, StatusCode> {
-        let refuse = |status, reason: &dyn std::fmt::Display| {
+        let refuse = |status, metric: &str, reason: &dyn std::fmt::Display| {
+            app.metrics().refused(transport, metric);
             tracing::warn!(app = %app.name(), transport, "refused: {reason}");
             status
         };
         let Some(serializer) = Serializer::negotiate(vsn) else {
             let reason =
                 format!("the client's transport version {vsn:?} does not match 1.0.0 or 2.0.0");
-            return Err(refuse(StatusCode::FORBIDDEN, &reason));
+            return Err(refuse(StatusCode::FORBIDDEN, refusal::VSN, &reason));
         };
         let Ok(server) = self.shared.connections.clone().try_acquire_owned() else {
             let reason = format!(
                 "the server is at its limit of {} connections",
                 self.shared.max_connections
             );
-            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, &reason));
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                refusal::SERVER_FULL,
+                &reason,
+            ));
         };
         let Some(app_permit) = app.admit() else {
             let reason = format!(
@@ -141,14 +158,19 @@ impl Apps {
                 app.name(),
                 app.state().limits().max_connections
             );
-            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, &reason));
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                refusal::APP_FULL,
+                &reason,
+            ));
         };
         let identity = auth::authenticate(app.state().config(), token)
-            .map_err(|e| refuse(StatusCode::FORBIDDEN, &e))?;
+            .map_err(|e| refuse(StatusCode::FORBIDDEN, e.metric(), &e))?;
         Ok(Admission {
             serializer,
             identity,
-            permit: ConnectionPermit::new(server, app_permit),
+            permit: ConnectionPermit::new(server, app_permit)
+                .counted(app.metrics().connected(transport)),
         })
     }
 
@@ -178,7 +200,11 @@ impl Apps {
             .with_context(|| format!("app `{name}`"))?;
             match current {
                 Some(app) => changed.push((app.clone(), state)),
-                None => added.push(Arc::new(App::new(&name, state))),
+                None => added.push(Arc::new(App::with_metrics(
+                    &name,
+                    state,
+                    self.runtime().metrics().app(&name),
+                ))),
             }
         }
         let mut mounts = HashMap::new();

@@ -14,6 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
 use crate::config::{AppConfig, CheckOrigin, Secret};
+use crate::metrics::refusal;
 
 /// Clock skew tolerated on `exp`.
 const LEEWAY_SECONDS: u64 = 5;
@@ -49,6 +50,19 @@ pub enum AuthError {
     Malformed(String),
     #[error("origin `{0}` is not allowed")]
     Origin(String),
+}
+
+impl AuthError {
+    /// The `reason` label of `roost_connect_refusals_total`.
+    pub fn metric(&self) -> &'static str {
+        match self {
+            Self::Missing => refusal::TOKEN_MISSING,
+            Self::Expired => refusal::TOKEN_EXPIRED,
+            Self::BadSignature => refusal::TOKEN_SIGNATURE,
+            Self::Malformed(_) => refusal::TOKEN_MALFORMED,
+            Self::Origin(_) => refusal::ORIGIN,
+        }
+    }
 }
 
 /// Verifies a token (if any) for `app`.

@@ -3,6 +3,7 @@
 //! ```toml
 //! [server]
 //! listen = "127.0.0.1:4000"
+//! admin_keys = ["env:ROOST_ADMIN_KEY"]  # opens /dashboard and /metrics
 //!
 //! [apps.demo]
 //! mount = "/socket"
@@ -30,8 +31,8 @@ use crate::protocol::TopicPattern;
 pub const ROOST_PATH: &str = "/_roost";
 
 /// Paths no `web_path` may take, nor sit under: the HTTP API, the health
-/// check and Roost's own files.
-pub const RESERVED_PATHS: &[&str] = &["/api", "/health", ROOST_PATH];
+/// check, Roost's own files, the dashboard and the metrics.
+pub const RESERVED_PATHS: &[&str] = &["/api", "/health", ROOST_PATH, "/dashboard", "/metrics"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +65,17 @@ pub struct ServerConfig {
     /// On shutdown (Ctrl-C, SIGTERM), how long connections get to close and
     /// channels to terminate before the process exits anyway.
     pub drain_timeout_ms: u64,
+    /// Where the admin keys come from (`env:NAME`, `file:PATH`,
+    /// `value:TEXT`, as app secrets): `Authorization: Bearer <key>` opens
+    /// `/dashboard` and `/metrics`. None turns both off (404).
+    #[serde(rename = "admin_keys")]
+    pub admin_key_sources: Vec<String>,
+    /// Serve `/metrics` without an admin key (to a scraper on a private
+    /// network, say).
+    pub metrics_public: bool,
+    /// The resolved `admin_keys`.
+    #[serde(skip)]
+    pub admin_keys: Vec<Secret>,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +88,9 @@ impl Default for ServerConfig {
             data_dir: default_data_dir(),
             max_connections: 100_000,
             drain_timeout_ms: 10_000,
+            admin_key_sources: Vec::new(),
+            metrics_public: false,
+            admin_keys: Vec::new(),
         }
     }
 }
@@ -155,7 +170,8 @@ pub struct AppConfig {
     pub static_dir: Option<PathBuf>,
     /// Where `static` is served. Defaults to `/` when only one app has
     /// `static`; required otherwise. It may not be, or be under, an app's
-    /// mount or Roost's own paths (`/api`, `/health`, `/_roost`).
+    /// mount or Roost's own paths (`/api`, `/health`, `/_roost`,
+    /// `/dashboard`, `/metrics`).
     #[serde(default)]
     pub web_path: Option<String>,
     /// The resolved `secrets`.
@@ -336,6 +352,8 @@ impl Config {
     /// against `base` (made absolute, as hot reload matches file events by path).
     pub fn parse(text: &str, base: &Path) -> anyhow::Result<Self> {
         let mut config: Config = toml::from_str(text)?;
+        config.server.admin_keys = resolve_all(&config.server.admin_key_sources, base)
+            .context("key `server.admin_keys`")?;
         let mut mounts: BTreeMap<String, &str> = BTreeMap::new();
         for (name, app) in &mut config.apps {
             if name.is_empty()
@@ -632,6 +650,8 @@ mod tests {
             ("/api", "`/api` is under `/api`, which Roost serves"),
             ("/health", "is under `/health`"),
             ("/_roost/x", "is under `/_roost`"),
+            ("/dashboard", "is under `/dashboard`"),
+            ("/metrics", "is under `/metrics`"),
             ("ui", "must be a path starting with `/`"),
             ("/a/../b", "must be a path"),
             ("/a%2f", "must be a path"),
@@ -655,6 +675,21 @@ mod tests {
             e.contains("app `a`: key `web_path`: it needs `static`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn admin_keys_resolve_like_secrets() {
+        let config = parse(
+            "[server]\nadmin_keys = [\"value:0123456789abcdef\"]\nmetrics_public = true\n[apps.a]\nmount = \"/s\"\nroutes = { x = \"x.wasm\" }\n",
+        )
+        .unwrap();
+        assert_eq!(config.server.admin_keys.len(), 1);
+        assert!(config.server.metrics_public);
+        assert!(!format!("{:?}", config.server.admin_keys).contains("0123456789abcdef"));
+        let e = error(
+            "[server]\nadmin_keys = [\"plain\"]\n[apps.a]\nmount = \"/s\"\nroutes = { x = \"x.wasm\" }\n",
+        );
+        assert!(e.contains("key `server.admin_keys`"), "{e}");
     }
 
     #[test]

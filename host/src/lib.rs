@@ -27,9 +27,14 @@
 //! - [`api`]: the per-app HTTP API (broadcast, disconnect, status) and health.
 //! - [`web`]: each app's static files and the official phoenix client, over
 //!   plain HTTP.
+//! - [`admin`]: the operator's side — `/metrics`, the live `/dashboard` and
+//!   its feed, behind the admin keys.
+//! - [`metrics`]: every metric name in one place; the others count through
+//!   handles it gives them.
 //!
 //! No module imports one that imports it back (a test checks the `use
-//! crate::` lines); `protocol`, `config`, `mailbox` and `shutdown` are leaves.
+//! crate::` lines); `protocol`, `config`, `mailbox`, `shutdown` and
+//! `metrics` are leaves.
 //!
 //! # How a message flows
 //! 1. **socket** — a client connects to `<mount>/websocket?vsn=2.0.0` (or
@@ -53,6 +58,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod apps;
@@ -60,6 +66,7 @@ pub mod auth;
 pub mod channel;
 pub mod config;
 pub mod mailbox;
+pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod pubsub;

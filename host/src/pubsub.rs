@@ -128,6 +128,28 @@ impl PubSub {
         })
     }
 
+    /// How many topics have subscribers, and the `n` with the most, most
+    /// first. Walks every topic under the lock (broadcasts wait): for the
+    /// dashboard, once a second, not for a hot path.
+    pub fn busiest(&self, n: usize) -> (usize, Vec<(String, usize)>) {
+        let topics = self.lock();
+        let mut top: Vec<(usize, &String)> = Vec::with_capacity(n + 1);
+        for (topic, subscribers) in topics.iter() {
+            let count = subscribers.len();
+            if top.len() == n && top.last().is_some_and(|(least, _)| *least >= count) {
+                continue;
+            }
+            let at = top.partition_point(|(c, t)| *c > count || (*c == count && *t < topic));
+            top.insert(at, (count, topic));
+            top.truncate(n);
+        }
+        let top = top
+            .into_iter()
+            .map(|(count, topic)| (topic.clone(), count))
+            .collect();
+        (topics.len(), top)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Subscribers>> {
         // Every update is a single step, so a poisoned map is still consistent.
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
@@ -246,6 +268,25 @@ mod tests {
                 "reply",
                 r#"[null,null,"t","during",{}]"#,
                 r#"[null,null,"t","after",{}]"#
+            ]
+        );
+    }
+
+    #[test]
+    fn busiest_lists_the_most_subscribed_topics_first() {
+        let pubsub = PubSub::default();
+        for (socket, topic) in [(1, "a"), (2, "a"), (3, "b"), (1, "c"), (2, "c"), (3, "c")] {
+            pubsub.subscribe(topic, subscriber(socket, Serializer::V2).0);
+        }
+        pubsub.subscribe("d", subscriber(1, Serializer::V2).0);
+        let (topics, top) = pubsub.busiest(3);
+        assert_eq!(topics, 4);
+        assert_eq!(
+            top,
+            [
+                ("c".to_owned(), 3),
+                ("a".to_owned(), 2),
+                ("b".to_owned(), 1)
             ]
         );
     }

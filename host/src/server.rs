@@ -1,6 +1,7 @@
 //! The composition root: builds every part of a running server from the
-//! config and wires them together — the plugin runtime, the apps registry,
-//! the shutdown, the transports, the HTTP API and the file watcher — then
+//! config and wires them together — the metrics, the plugin runtime, the
+//! apps registry, the shutdown, the transports, the HTTP API, the admin side
+//! (dashboard, `/metrics`) and the file watcher — then
 //! serves HTTP until shut down. Only `main` and the tests use this module;
 //! every other module is given just the parts it uses.
 
@@ -16,10 +17,12 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::admin::{self, Admin, AdminSettings};
 use crate::api;
 use crate::app::App;
 use crate::apps::Apps;
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
+use crate::metrics::Metrics;
 use crate::reload;
 use crate::runtime::Runtime;
 use crate::shutdown::Shutdown;
@@ -78,7 +81,12 @@ impl Running {
 /// Loads every app, starts serving on `config.server.listen`, and watches
 /// the config and plugin files unless `server.watch` is off.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let runtime = Runtime::new(&config.server.node, config.server.cache_dir())?;
+    let metrics = Metrics::new();
+    let runtime = Runtime::with_metrics(
+        &config.server.node,
+        config.server.cache_dir(),
+        metrics.clone(),
+    )?;
     let storage = Storage::new(config.server.data_dir.clone());
     let apps = Apps::new(runtime, storage, config.server.max_connections);
     let shutdown = Shutdown::default();
@@ -87,6 +95,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         reload::watch(apps.clone(), shutdown.clone(), config.source)?;
     }
     let transports = Transports::new(apps.clone(), shutdown.clone());
+    let admin = start_admin(&config.server, &apps, metrics, &shutdown, &transports);
     let listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
@@ -97,6 +106,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let router = api::routes()
         .with_state(apps.clone())
+        .merge(admin::routes(admin))
         .fallback_service(rest);
     // Frames are small and latency matters: no Nagle delay on any socket.
     let listener = listener.tap_io(|tcp| {
@@ -111,6 +121,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
     });
     tracing::info!(%addr, "listening");
+    if !config.server.admin_keys.is_empty() {
+        tracing::info!("dashboard: http://{addr}/dashboard");
+    }
     Ok(Running {
         addr,
         apps,
@@ -119,6 +132,40 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         drain_timeout: config.server.drain_timeout(),
         serve,
     })
+}
+
+/// The dashboard and `/metrics`, on when the config has admin keys.
+fn start_admin(
+    server: &ServerConfig,
+    apps: &Apps,
+    metrics: Metrics,
+    shutdown: &Shutdown,
+    transports: &Transports,
+) -> Admin {
+    if server.admin_keys.is_empty() {
+        tracing::info!("no `server.admin_keys`: /dashboard is off");
+    } else if server
+        .admin_key_sources
+        .iter()
+        .any(|s| s.starts_with("value:"))
+    {
+        tracing::warn!(
+            "inline `value:` admin keys are for development: use `env:` or `file:` in production"
+        );
+    }
+    let sessions = transports.longpoll_sessions().clone();
+    let settings = AdminSettings {
+        keys: server.admin_keys.clone(),
+        metrics_public: server.metrics_public,
+        node: server.node.clone(),
+    };
+    Admin::new(
+        apps.clone(),
+        metrics,
+        settings,
+        shutdown.clone(),
+        move || sessions.len(),
+    )
 }
 
 /// What requests outside the API need.
@@ -158,5 +205,6 @@ fn front_page(apps: &Apps) -> Response {
         ));
     }
     text.push_str("Health: /health. HTTP API: /api/apps/<app>/{broadcast,disconnect,status}.\n");
+    text.push_str("Operators: /dashboard and /metrics (with an admin key).\n");
     (StatusCode::OK, text).into_response()
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The browser suite: the room chat page in Debian's headless Chromium, driven
+# The browser suite: the room chat page and the dashboard in Debian's headless Chromium, driven
 # by playwright-core (pinned in package.json; it never downloads a browser),
 # against a real Roost server process.
 #
@@ -7,8 +7,9 @@
 #   ROOST_BIN          the roost binary (default: target/debug/roost of this repo)
 #   ROOST_PLUGIN_DIR   the built sample plugins (default: plugins/target/wasm32-wasip2/release)
 #   CHROMIUM           the browser (default: /usr/bin/chromium, installed with apt-get if missing)
-# Screenshots go to tests/browser/artifacts/ (not committed); the README's is
-# tests/browser/screenshots/chat.png, refreshed by copying artifacts/chat.png.
+# Screenshots go to tests/browser/artifacts/ (not committed); the README's are
+# tests/browser/screenshots/chat.png and dashboard.png, refreshed by copying
+# artifacts/chat.png and artifacts/dashboard.png.
 set -euo pipefail
 
 # Relative paths in the environment are taken from the caller's directory.

@@ -24,7 +24,7 @@ async fn a_ping_built_against_the_0_1_contract_replays_the_transcript_unchanged(
         .router()
         .route("ping")
         .cloned();
-    assert_eq!(slot.map(|s| s.status().wit_version), Some("0.1.0"));
+    assert_eq!(slot.map(|s| s.status().wit), Some("roost:channel@0.1.0"));
     replay_seed_transcript(&server).await;
     server.stop().await;
 }

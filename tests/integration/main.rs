@@ -1,6 +1,7 @@
 //! Integration tests: a real server on 127.0.0.1:0, real WebSocket clients,
 //! exact frames.
 
+mod admin;
 mod apps;
 mod channels;
 mod longpoll;

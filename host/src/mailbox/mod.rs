@@ -221,6 +221,11 @@ impl Mailbox {
         into.extend(state.frames.drain(..));
     }
 
+    /// Bytes queued in both lanes now.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// Whether the client fell too far behind and must be disconnected.
     pub fn overflowed(&self) -> bool {
         self.lock().overflowed

@@ -118,11 +118,12 @@ impl Compiled {
         self.loaded_at
     }
 
-    /// The contract version the component was built against.
-    pub fn wit_version(&self) -> &'static str {
+    /// The contract the component was built against, as its package
+    /// name: `roost:channel@0.2.0` or `roost:channel@0.1.0`.
+    pub fn wit(&self) -> &'static str {
         match self.pre {
-            Pre::V01(_) => "0.1.0",
-            Pre::V02(_) => "0.2.0",
+            Pre::V01(_) => "roost:channel@0.1.0",
+            Pre::V02(_) => "roost:channel@0.2.0",
         }
     }
 

@@ -37,6 +37,7 @@ use anyhow::Context as _;
 use wasmtime::component::Linker;
 use wasmtime::{Cache, CacheConfig, Config, Engine};
 
+use crate::metrics::Metrics;
 pub use compiled::{Compiled, content_hash};
 pub use plugin::{CallContext, Called, Plugin, PluginError};
 pub use slot::{PluginSlot, SlotStatus};
@@ -63,6 +64,9 @@ struct Shared {
     /// Compiled versions in use, by file: an app loading a file another app
     /// already serves at the same content gets the same compilation.
     compiled: Mutex<HashMap<PathBuf, Weak<Compiled>>>,
+    /// The server's metrics: every app and plugin version made with this
+    /// runtime resolves its handles here.
+    metrics: Metrics,
 }
 
 impl Runtime {
@@ -70,6 +74,15 @@ impl Runtime {
     /// plugins are cached by content hash in `cache_dir`, if given, so a
     /// restart does not recompile unchanged plugins.
     pub fn new(node: &str, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::with_metrics(node, cache_dir, Metrics::new())
+    }
+
+    /// [`Runtime::new`], counting into `metrics`.
+    pub fn with_metrics(
+        node: &str,
+        cache_dir: Option<PathBuf>,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let cache = match cache_dir {
@@ -109,6 +122,7 @@ impl Runtime {
                 linker,
                 node: node.into(),
                 compiled: Mutex::new(HashMap::new()),
+                metrics,
             }),
         })
     }
@@ -145,6 +159,11 @@ impl Runtime {
             .cache
             .as_ref()
             .map_or((0, 0), |cache| (cache.cache_hits(), cache.cache_misses()))
+    }
+
+    /// The server's metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     fn engine(&self) -> &Engine {

@@ -20,6 +20,7 @@ use super::guest_log::GuestLog;
 use super::store::{CallTimers, Effect, Outcome, StoreData, TimerBudget};
 use super::{world_v01 as v01, world_v02 as v02};
 use crate::config::GuestLimits;
+use crate::metrics::{self, PluginMetrics};
 use crate::presence::{Owner, Presence};
 use crate::protocol::Payload;
 use crate::storage::Kv;
@@ -94,6 +95,8 @@ pub struct Plugin {
     compiled: Arc<Compiled>,
     app: Arc<str>,
     warm: Mutex<Vec<Warm>>,
+    /// This plugin's call latencies, failures and reloads, for this app.
+    metrics: PluginMetrics,
 }
 
 /// A guest instance of either contract version.
@@ -110,12 +113,18 @@ pub(super) struct Warm {
 
 impl Plugin {
     pub fn new(runtime: Runtime, compiled: Arc<Compiled>, app: Arc<str>) -> Self {
+        let metrics = runtime.metrics().plugin(&app, compiled.name());
         Self {
             runtime,
             compiled,
             app,
             warm: Mutex::new(Vec::new()),
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &PluginMetrics {
+        &self.metrics
     }
 
     /// The compiled version this serves.
@@ -147,6 +156,7 @@ impl Plugin {
         ctx: CallContext<'_>,
         payload: &Payload,
     ) -> Result<Called<Result<Outcome, Payload>>, PluginError> {
+        let _timer = self.metrics.time(metrics::Callback::Join);
         let mut lease = self.lease(&ctx, Deadline::Join).await?;
         let max = ctx.limits.output_bytes;
         let Warm { store, guest } = &mut lease;
@@ -191,7 +201,7 @@ impl Plugin {
         event: &str,
         payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
-        self.handle(Callback::In(event, payload), ctx).await
+        self.handle(Event::In(event, payload), ctx).await
     }
 
     /// `handle_out`: an intercepted broadcast about to reach the client.
@@ -201,7 +211,7 @@ impl Plugin {
         event: &str,
         payload: &Payload,
     ) -> Result<Called<Outcome>, PluginError> {
-        self.handle(Callback::Out(event, payload), ctx).await
+        self.handle(Event::Out(event, payload), ctx).await
     }
 
     /// `handle_info`: one of the channel's timers fired. A 0.1 plugin has
@@ -211,14 +221,15 @@ impl Plugin {
         ctx: CallContext<'_>,
         message: &str,
     ) -> Result<Called<Outcome>, PluginError> {
-        self.handle(Callback::Info(message), ctx).await
+        self.handle(Event::Info(message), ctx).await
     }
 
     async fn handle(
         &self,
-        callback: Callback<'_>,
+        event: Event<'_>,
         ctx: CallContext<'_>,
     ) -> Result<Called<Outcome>, PluginError> {
+        let _timer = self.metrics.time(event.metric());
         let mut lease = self.lease(&ctx, Deadline::Call).await?;
         let max = ctx.limits.output_bytes;
         let Warm { store, guest } = &mut lease;
@@ -226,18 +237,18 @@ impl Plugin {
             Guest::V01(channel) => {
                 let handler = channel.roost_channel_handler();
                 let context = self.context_v01(&ctx);
-                let called = match callback {
-                    Callback::In(event, payload) => {
+                let called = match event {
+                    Event::In(event, payload) => {
                         handler
                             .call_handle_in(&mut *store, &context, event, &v01::to_wit(payload))
                             .await
                     }
-                    Callback::Out(event, payload) => {
+                    Event::Out(event, payload) => {
                         handler
                             .call_handle_out(&mut *store, &context, event, &v01::to_wit(payload))
                             .await
                     }
-                    Callback::Info(_) => Ok(v01::wit::Outcome {
+                    Event::Info(_) => Ok(v01::wit::Outcome {
                         reply: None,
                         assigns: None,
                         stop: None,
@@ -247,18 +258,18 @@ impl Plugin {
             }
             Guest::V02(plugin) => {
                 let handler = plugin.roost_channel_handler();
-                let called = match callback {
-                    Callback::In(event, payload) => {
+                let called = match event {
+                    Event::In(event, payload) => {
                         handler
                             .call_handle_in(&mut *store, event, &v02::to_wit(payload))
                             .await
                     }
-                    Callback::Out(event, payload) => {
+                    Event::Out(event, payload) => {
                         handler
                             .call_handle_out(&mut *store, event, &v02::to_wit(payload))
                             .await
                     }
-                    Callback::Info(message) => handler.call_handle_info(&mut *store, message).await,
+                    Event::Info(message) => handler.call_handle_info(&mut *store, message).await,
                 };
                 called.map(|outcome| {
                     let reply = outcome
@@ -277,6 +288,7 @@ impl Plugin {
         ctx: CallContext<'_>,
         reason: &str,
     ) -> Result<Called<()>, PluginError> {
+        let _timer = self.metrics.time(metrics::Callback::Terminate);
         let mut lease = self.lease(&ctx, Deadline::Call).await?;
         let Warm { store, guest } = &mut lease;
         let result = match guest {
@@ -490,10 +502,20 @@ impl Warm {
 
 /// A callback that takes an event or a message.
 #[derive(Clone, Copy)]
-enum Callback<'a> {
+enum Event<'a> {
     In(&'a str, &'a Payload),
     Out(&'a str, &'a Payload),
     Info(&'a str),
+}
+
+impl Event<'_> {
+    fn metric(self) -> metrics::Callback {
+        match self {
+            Self::In(..) => metrics::Callback::HandleIn,
+            Self::Out(..) => metrics::Callback::HandleOut,
+            Self::Info(_) => metrics::Callback::HandleInfo,
+        }
+    }
 }
 
 impl<T> Called<T> {

@@ -36,8 +36,8 @@ pub struct SlotStatus {
     pub plugin: String,
     /// Content hash of the file now serving.
     pub version: String,
-    /// The contract it was built against: `0.1.0` or `0.2.0`.
-    pub wit_version: &'static str,
+    /// The contract it was built against: `roost:channel@0.2.0` or `@0.1.0`.
+    pub wit: &'static str,
     /// Seconds since the Unix epoch.
     pub loaded_at: u64,
     pub reloads: u64,
@@ -74,12 +74,15 @@ impl PluginSlot {
 
     /// Swaps in a new version; calls already running finish on the old one.
     pub fn replace(&self, plugin: Plugin) {
+        plugin.metrics().reloaded(plugin.version());
         self.current.store(Arc::new(plugin));
         self.reloads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a reload that failed; the current version keeps serving.
     pub fn record_failure(&self, error: String) {
+        let serving = self.current();
+        serving.metrics().reload_failed(serving.version(), &error);
         self.reload_failures.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((SystemTime::now(), error));
@@ -87,6 +90,7 @@ impl PluginSlot {
 
     /// Counts a failed guest call of this kind.
     pub fn record_call_failure(&self, kind: &'static str) {
+        self.current().metrics().failed(kind);
         *self
             .call_failures
             .lock()
@@ -114,7 +118,7 @@ impl PluginSlot {
             path: self.path.clone(),
             plugin: plugin.name().to_owned(),
             version: plugin.version().to_owned(),
-            wit_version: plugin.compiled().wit_version(),
+            wit: plugin.compiled().wit(),
             loaded_at: unix_seconds(plugin.compiled().loaded_at()),
             reloads: self.reloads.load(Ordering::Relaxed),
             reload_failures: self.reload_failures.load(Ordering::Relaxed),

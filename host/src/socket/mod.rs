@@ -110,6 +110,7 @@ pub async fn run<C: Connection>(
         }
     };
     if let Some(close) = close {
+        session.app().metrics().disconnected(close.reason());
         tracing::info!(code = close.code(), "closing: {}", close.reason());
         let _ = tokio::time::timeout(CLOSE_GRACE, conn.send(Outgoing::Close(close))).await;
     }
@@ -143,6 +144,7 @@ async fn flush<C: Connection>(
         if frames.is_empty() {
             return Ok(());
         }
+        session.app().metrics().messages_out(frames.len());
         for frame in frames.drain(..) {
             conn.feed(Outgoing::Frame(frame))
                 .await

@@ -34,6 +34,7 @@ use crate::apps::ConnectionPermit;
 use crate::auth::Identity;
 use crate::config::Limits;
 use crate::mailbox::{Close, Command, Intercepted, Mailbox};
+use crate::metrics::JoinOutcome;
 use crate::presence::Owner;
 use crate::protocol::{self, Message, Outbound, Payload, Serializer, event};
 use crate::pubsub::Subscriber;
@@ -172,6 +173,7 @@ impl Session {
     /// callers that live as long as a connection box it, so an idle socket
     /// does not carry that space.
     pub async fn handle(&mut self, message: Message) {
+        self.app.metrics().message_in();
         if message.topic == event::PHOENIX && message.event == event::HEARTBEAT {
             let reply = reply(
                 None,
@@ -362,6 +364,7 @@ impl Session {
         let empty: Arc<str> = "{}".into();
         let ctx = self.call_context(&topic, &empty, Some(owner), Vec::new());
         let result = plugin.join(ctx, &payload).await;
+        self.app.metrics().join(join_outcome(&result));
         if !matches!(result, Ok(Called { value: Ok(_), .. })) {
             // A refused or crashed join never existed; what it tracked goes.
             self.app.pubsub().unsubscribe(&topic, self.socket);
@@ -722,6 +725,15 @@ impl Drop for Session {
             self.detach(&topic);
         }
         self.app.unregister_socket(self.socket);
+    }
+}
+
+/// How a plugin's `join` ended, for `roost_joins_total`.
+fn join_outcome(result: &Result<Called<Result<Outcome, Payload>>, PluginError>) -> JoinOutcome {
+    match result {
+        Ok(Called { value: Ok(_), .. }) => JoinOutcome::Ok,
+        Ok(_) => JoinOutcome::Error,
+        Err(_) => JoinOutcome::Crashed,
     }
 }
 

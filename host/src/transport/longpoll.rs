@@ -29,6 +29,7 @@ use super::Transports;
 use crate::app::App;
 use crate::auth;
 use crate::mailbox::{Close, WireFrame};
+use crate::metrics::AppMetrics;
 use crate::protocol::{self, Message, Serializer};
 use crate::socket::{self, Gone, Outgoing, Session};
 
@@ -129,6 +130,7 @@ pub async fn handle(
 ) -> Response {
     // As in Phoenix, the origin is checked first, for every method.
     if let Err(error) = auth::check_origin(app.state().config(), headers) {
+        app.metrics().refused("longpoll", error.metric());
         tracing::warn!(app = %app.name(), transport = "longpoll", "refused: {error}");
         return body(403, None, None);
     }
@@ -222,6 +224,7 @@ fn open(
     });
     let (posts, receiver) = mpsc::channel(POST_QUEUE);
     let limits = app.state().limits().clone();
+    let metrics = app.metrics().clone();
     let session = Session::new(
         app.clone(),
         serializer,
@@ -248,6 +251,7 @@ fn open(
         expires: Box::pin(tokio::time::sleep(expiry)),
         sessions: transports.longpoll.clone(),
         token: token.clone(),
+        metrics,
     };
     tracing::debug!(parent: &span, "long-poll session opened");
     // No idle timeout of its own: a session lives as long as GETs come.
@@ -319,6 +323,9 @@ struct LpConnection {
     expires: Pin<Box<Sleep>>,
     sessions: Sessions,
     token: String,
+    /// Counts the slow-consumer close, which a long-poll session makes
+    /// here rather than through its mailbox.
+    metrics: AppMetrics,
 }
 
 impl Stream for LpConnection {
@@ -380,6 +387,7 @@ impl Sink<Outgoing> for LpConnection {
             }
         }
         if waiting.bytes > self.buffer_limit {
+            self.metrics.disconnected(Close::SlowConsumer.reason());
             tracing::info!(
                 "closing long-poll session: {}",
                 Close::SlowConsumer.reason()

@@ -21,6 +21,7 @@ use super::Transports;
 use crate::app::App;
 use crate::auth;
 use crate::mailbox::{Close, WireFrame};
+use crate::metrics::refusal;
 use crate::protocol::{self, Message, RawFrame, Serializer};
 use crate::socket::{self, Gone, Outgoing, Session};
 
@@ -43,16 +44,17 @@ pub fn upgrade(
     params: &HashMap<String, String>,
 ) -> Response {
     let state = app.state();
-    let refuse = |reason: &dyn std::fmt::Display| {
+    let refuse = |metric: &str, reason: &dyn std::fmt::Display| {
+        app.metrics().refused("websocket", metric);
         tracing::warn!(app = %app.name(), transport = "websocket", "refused: {reason}");
         StatusCode::FORBIDDEN.into_response()
     };
     if let Err(error) = auth::check_origin(state.config(), headers) {
-        return refuse(&error);
+        return refuse(error.metric(), &error);
     }
     let offered = match subprotocol_token(headers) {
         Ok(offered) => offered,
-        Err(reason) => return refuse(&reason),
+        Err(reason) => return refuse(refusal::SUBPROTOCOL, &reason),
     };
     let token = offered
         .as_deref()

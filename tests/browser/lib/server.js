@@ -5,7 +5,8 @@
 // ../../target/debug/roost from tests/browser), the plugins come from
 // $ROOST_PLUGIN_DIR (default ../../plugins/target/wasm32-wasip2/release),
 // the config lives in a temp dir with absolute paths, and the server's log
-// goes to a file there that `dumpLog()` prints when a test fails. The `demo`
+// goes to a file there that `dumpLog()` prints when a test fails. The
+// server has an admin key (ADMIN_KEY) for /metrics and /dashboard. The `demo`
 // app serves the room chat's page (plugins/room-chat/www) at `/`, allows
 // the two origins the suite uses, and routes `counter:*` to a copy of a
 // hot-reload fixture that `installCounter` overwrites.
@@ -27,6 +28,7 @@ export const ROOST_BIN = fromEnv("ROOST_BIN", "../../target/debug/roost");
 export const PLUGIN_DIR = fromEnv("ROOST_PLUGIN_DIR", "../../plugins/target/wasm32-wasip2/release");
 export const WWW_DIR = path.resolve(suiteRoot, "../../plugins/room-chat/www");
 export const API_KEY = "browser-suite-api-key-0123456789";
+export const ADMIN_KEY = "browser-suite-admin-key-0123456789";
 
 const READY_TIMEOUT_MS = 15_000;
 const STOP_TIMEOUT_MS = 5_000;
@@ -98,6 +100,7 @@ export class RoostServer {
       "[server]",
       'node = "roost@browser"',
       `data_dir = ${p(path.join(this.dir, "data"))}`,
+      `admin_keys = [${p(`value:${ADMIN_KEY}`)}]`,
       "",
       "[apps.demo]",
       'mount = "/socket"',
@@ -159,6 +162,20 @@ export class RoostServer {
     });
     if (!response.ok) throw new Error(`broadcast: HTTP ${response.status} ${await response.text()}`);
     return response.json();
+  }
+
+  /** GETs `path` on Roost with `key` as the bearer (none if null); `{status, headers, text}`. */
+  async get(path, key = ADMIN_KEY) {
+    const headers = key === null ? {} : { authorization: `Bearer ${key}` };
+    const response = await fetch(`${this.origin}${path}`, { headers, signal: AbortSignal.timeout(5000) });
+    return { status: response.status, headers: response.headers, text: await response.text() };
+  }
+
+  /** Replaces the `counter:*` plugin file with bytes that are not a component (a failed reload). */
+  breakCounter() {
+    const tmp = `${this.counterPath}.tmp`;
+    fs.writeFileSync(tmp, "this is not a wasm component");
+    fs.renameSync(tmp, this.counterPath);
   }
 
   log() {
