@@ -384,3 +384,40 @@ async fn a_thousand_sessions_wait_and_all_get_a_broadcast() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_timer_push_reaches_the_next_poll_and_leaving_cancels() {
+    let server = TestServer::demo_with(WINDOW).await;
+    let mut p = Poller::new(&server, "vsn=2.0.0");
+    p.open().await;
+    p.post(&[
+        r#"["1","1","ping","phx_join",{}]"#,
+        r#"["1","2","ping","ping_after",{"delay_ms":100}]"#,
+    ])
+    .await;
+    assert_eq!(
+        p.messages(3).await,
+        [
+            r#"["1","1","ping","phx_reply",{"response":{},"status":"ok"}]"#,
+            r#"["1","2","ping","phx_reply",{"response":{},"status":"ok"}]"#,
+            r#"["1",null,"ping","pong_later",{"delay_ms":100}]"#,
+        ]
+    );
+    // A pending timer goes with its channel.
+    p.post(&[
+        r#"["1","3","ping","ping_after",{"delay_ms":200}]"#,
+        r#"["1","4","ping","phx_leave",{}]"#,
+    ])
+    .await;
+    assert_eq!(
+        p.messages(3).await,
+        [
+            r#"["1","3","ping","phx_reply",{"response":{},"status":"ok"}]"#,
+            r#"["1","4","ping","phx_reply",{"response":{},"status":"ok"}]"#,
+            r#"["1","1","ping","phx_close",{}]"#,
+        ]
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    assert_eq!(p.get().await["status"], 204, "no pong after the leave");
+    server.stop().await;
+}
