@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 
 use crate::app::App;
 use crate::apps::Apps;
-use crate::protocol::Payload;
+use crate::protocol::{self, Payload};
 
 pub fn routes() -> Router<Apps> {
     Router::new()
@@ -45,12 +45,16 @@ impl IntoResponse for ApiError {
 
 /// The app named in the path, if the request carries one of its API keys.
 fn authorized(apps: &Apps, name: &str, headers: &HeaderMap) -> Result<Arc<App>, ApiError> {
-    let app = apps
-        .by_name(name)
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no app named `{name}`")))?;
     let unauthorized = |why: &str| {
         tracing::warn!(app = name, "api request refused: {why}");
         ApiError(StatusCode::UNAUTHORIZED, why.to_owned())
+    };
+    // An unknown app answers as a wrong key does, so the API does not tell
+    // anyone without a key which app names exist.
+    let Some(app) = apps.by_name(name) else {
+        return Err(unauthorized(
+            "the API key is not one of the app's `api_keys`",
+        ));
     };
     let key = headers
         .get(header::AUTHORIZATION)
@@ -72,6 +76,16 @@ fn authorized(apps: &Apps, name: &str, headers: &HeaderMap) -> Result<Arc<App>, 
     }
 }
 
+/// A body that could not be read as the request: 413 when it is past the
+/// body limit, 400 for anything else about it.
+fn rejected(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    let status = match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError(status, rejection.body_text())
+}
+
 #[derive(Deserialize)]
 struct BroadcastRequest {
     topic: String,
@@ -91,7 +105,7 @@ async fn broadcast(
     body: Result<Json<BroadcastRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let app = authorized(&apps, &name, &headers)?;
-    let Json(request) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(request) = body.map_err(rejected)?;
     if !request.payload.is_object() {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -99,6 +113,18 @@ async fn broadcast(
         ));
     }
     let payload = Payload::from_value(&request.payload);
+    // Refused whole rather than sent: a frame past the app's frame limit
+    // would overflow every subscriber's outbox and disconnect them all.
+    let len = protocol::broadcast_len(&request.topic, &request.event, &payload);
+    let limit = app.state().limits().max_frame_bytes;
+    if len > limit {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the broadcast is {len} bytes as a frame, over the app's max_frame_bytes of {limit}"
+            ),
+        ));
+    }
     let subscribers = app.broadcast(&request.topic, &request.event, &payload, None);
     Ok(Json(json!({ "subscribers": subscribers })))
 }
@@ -115,7 +141,7 @@ async fn disconnect(
     body: Result<Json<DisconnectRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let app = authorized(&apps, &name, &headers)?;
-    let Json(request) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(request) = body.map_err(rejected)?;
     let sockets = app.disconnect(&request.socket_id);
     tracing::info!(
         app = name,

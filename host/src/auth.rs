@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::config::{AppConfig, CheckOrigin, Secret};
 use crate::metrics::refusal;
 
-/// Clock skew tolerated on `exp`.
+/// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 5;
 
 /// Who connected: what a session needs of a verified token.
@@ -44,6 +44,8 @@ pub enum AuthError {
     Missing,
     #[error("the token has expired")]
     Expired,
+    #[error("the token is not valid yet (its `nbf` is in the future)")]
+    NotYetValid,
     #[error("the token's signature does not match any of the app's secrets")]
     BadSignature,
     #[error("the token is not a valid HS256 JWT with `exp`: {0}")]
@@ -58,6 +60,7 @@ impl AuthError {
         match self {
             Self::Missing => refusal::TOKEN_MISSING,
             Self::Expired => refusal::TOKEN_EXPIRED,
+            Self::NotYetValid => refusal::TOKEN_NOT_YET_VALID,
             Self::BadSignature => refusal::TOKEN_SIGNATURE,
             Self::Malformed(_) => refusal::TOKEN_MALFORMED,
             Self::Origin(_) => refusal::ORIGIN,
@@ -80,7 +83,10 @@ pub fn authenticate(app: &AppConfig, token: Option<&str>) -> Result<Identity, Au
 /// Checks a token against each secret in turn.
 pub fn verify(secrets: &[Secret], token: &str) -> Result<Identity, AuthError> {
     let mut validation = Validation::new(Algorithm::HS256);
+    // `exp` is required and checked; `nbf`, if present, too (RFC 7519
+    // §4.1.5: a token must not be accepted before it), with the same leeway.
     validation.leeway = LEEWAY_SECONDS;
+    validation.validate_nbf = true;
     let mut error = AuthError::BadSignature;
     for secret in secrets {
         match jsonwebtoken::decode::<Map<String, Value>>(
@@ -92,6 +98,7 @@ pub fn verify(secrets: &[Secret], token: &str) -> Result<Identity, AuthError> {
             Err(e) => match e.kind() {
                 ErrorKind::InvalidSignature => continue,
                 ErrorKind::ExpiredSignature => error = AuthError::Expired,
+                ErrorKind::ImmatureSignature => error = AuthError::NotYetValid,
                 _ => return Err(AuthError::Malformed(e.to_string())),
             },
         }
@@ -254,6 +261,26 @@ mod tests {
         expired.insert("exp".into(), 1.into());
         let token = sign(&app.secrets[0], &expired).unwrap();
         assert_eq!(authenticate(&app, Some(&token)), Err(AuthError::Expired));
+        let in_an_hour = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let mut early = Map::new();
+        early.insert("exp".into(), (in_an_hour + 60).into());
+        early.insert("nbf".into(), in_an_hour.into());
+        let token = sign(&app.secrets[0], &early).unwrap();
+        assert_eq!(
+            authenticate(&app, Some(&token)),
+            Err(AuthError::NotYetValid)
+        );
+        // Within the leeway, `nbf` passes.
+        early.insert(
+            "nbf".into(),
+            (in_an_hour - 3600 + LEEWAY_SECONDS - 1).into(),
+        );
+        let token = sign(&app.secrets[0], &early).unwrap();
+        assert!(authenticate(&app, Some(&token)).is_ok());
         assert!(matches!(
             authenticate(&app, Some("not.a.jwt")),
             Err(AuthError::Malformed(_))

@@ -99,13 +99,15 @@ pub mod refusal {
     /// No token, and the app takes no anonymous sockets.
     pub const TOKEN_MISSING: &str = "token_missing";
     pub const TOKEN_EXPIRED: &str = "token_expired";
+    /// Its `nbf` is in the future.
+    pub const TOKEN_NOT_YET_VALID: &str = "token_not_yet_valid";
     /// Signed with none of the app's secrets.
     pub const TOKEN_SIGNATURE: &str = "token_signature";
     /// Not an HS256 JWT with `exp`.
     pub const TOKEN_MALFORMED: &str = "token_malformed";
 
     /// Every reason, resolved per app and transport up front.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         VSN,
         SERVER_FULL,
         APP_FULL,
@@ -113,6 +115,7 @@ pub mod refusal {
         SUBPROTOCOL,
         TOKEN_MISSING,
         TOKEN_EXPIRED,
+        TOKEN_NOT_YET_VALID,
         TOKEN_SIGNATURE,
         TOKEN_MALFORMED,
     ];
@@ -696,7 +699,7 @@ struct AppHandles {
     /// By [`DISCONNECT_REASONS`] index.
     disconnects: [Counter; 7],
     /// By [`TRANSPORTS`], then [`refusal::ALL`] index.
-    refusals: [[Counter; 9]; 2],
+    refusals: [[Counter; refusal::ALL.len()]; 2],
 }
 
 /// What an app's counters say now, for the dashboard's rates.

@@ -136,12 +136,12 @@ impl PubSub {
         let mut top: Vec<(usize, &String)> = Vec::with_capacity(n + 1);
         for (topic, subscribers) in topics.iter() {
             let count = subscribers.len();
-            if top.len() == n && top.last().is_some_and(|(least, _)| *least >= count) {
-                continue;
-            }
+            // Most subscribers first; ties by name, so the list is stable.
             let at = top.partition_point(|(c, t)| *c > count || (*c == count && *t < topic));
-            top.insert(at, (count, topic));
-            top.truncate(n);
+            if at < n {
+                top.insert(at, (count, topic));
+                top.truncate(n);
+            }
         }
         let top = top
             .into_iter()

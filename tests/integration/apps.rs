@@ -315,12 +315,10 @@ async fn the_api_needs_the_apps_key() {
         .await
         .expect("post");
     assert_eq!(response.status(), 401);
-    assert_eq!(
-        api(&server, "nope", ALPHA_KEY, "broadcast", body.clone())
-            .await
-            .0,
-        404
-    );
+    // An unknown app answers as a wrong key does: app names do not leak.
+    let unknown = api(&server, "nope", ALPHA_KEY, "broadcast", body.clone()).await;
+    let wrong = api(&server, "alpha", "wrong-key", "broadcast", body.clone()).await;
+    assert_eq!(unknown, wrong);
     let (status, error) = api(
         &server,
         "alpha",
@@ -497,4 +495,40 @@ async fn a_missing_plugin_file_stops_the_start_with_a_clear_error() {
         error.contains("app `alpha`") && error.contains("/nowhere/ping.wasm"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_token_not_valid_yet_is_refused() {
+    // RFC 7519 §4.1.5: a token must not be accepted before its `nbf`.
+    let server = TestServer::with_config(&config("")).await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let token = |nbf: u64| {
+        let Value::Object(claims) = json!({"sub": "1", "exp": now + 7200, "nbf": nbf}) else {
+            unreachable!()
+        };
+        auth::sign(&beta_secret(BETA_SECRET), &claims).expect("sign")
+    };
+    let path = |t: &str| format!("/beta/websocket?vsn=2.0.0&token={t}");
+    assert_eq!(
+        ws_status(&server, &path(&token(now + 3600)), None)
+            .await
+            .err(),
+        Some(403)
+    );
+    let lp = lp_status(
+        &server,
+        &format!("/beta/longpoll?vsn=2.0.0&token={}", token(now + 3600)),
+        &[],
+    )
+    .await;
+    assert_eq!(lp["status"], 403);
+    assert!(
+        ws_status(&server, &path(&token(now - 10)), None)
+            .await
+            .is_ok()
+    );
+    server.stop().await;
 }

@@ -135,6 +135,46 @@ pub(super) fn encode(serializer: Serializer, message: &Outbound) -> String {
     out
 }
 
+/// The bytes `encode` writes for `message`, computed without writing them.
+pub(super) fn encoded_len(serializer: Serializer, message: &Outbound) -> usize {
+    parts_len(serializer, parts(message))
+}
+
+/// `encoded_len` of a broadcast, from its parts.
+pub(super) fn broadcast_len(
+    serializer: Serializer,
+    topic: &str,
+    event: &str,
+    payload: &Payload,
+) -> usize {
+    parts_len(serializer, (None, None, topic, event, Body::Plain(payload)))
+}
+
+fn parts_len(serializer: Serializer, (join_ref, ref_, topic, event, body): Parts<'_>) -> usize {
+    let strings = json_str_len(ref_) + json_str_len(Some(topic)) + json_str_len(Some(event));
+    match serializer {
+        // `[` `,` `,` `,` `,` `]`
+        Serializer::V2 => 6 + json_str_len(join_ref) + strings + body.len(),
+        // `{"event":` `,"payload":` `,"ref":` `,"topic":` `}`
+        Serializer::V1 => 34 + strings + body.len(),
+    }
+}
+
+/// The length of `push_json_str`'s output.
+fn json_str_len(value: Option<&str>) -> usize {
+    let Some(s) = value else {
+        return 4;
+    };
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 /// The payload part of a frame: a plain payload, or a reply's
 /// `{"response": …, "status": …}` wrapper.
 enum Body<'a> {
@@ -227,6 +267,40 @@ fn push_json_str(out: &mut String, value: Option<&str>) {
 mod tests {
     use super::*;
     use crate::protocol::{Frame, RawFrame, decode, encode as encode_frame};
+
+    #[test]
+    fn encoded_len_is_what_encode_writes() {
+        let messages = [
+            Outbound::Broadcast {
+                topic: "room:\"q\"\n\u{1}".into(),
+                event: "e\\".into(),
+                payload: Payload::json_raw(r#"{"a":"\u00e9"}"#),
+            },
+            Outbound::Reply {
+                join_ref: Some("1".into()),
+                ref_: None,
+                topic: "t".into(),
+                status: "ok".into(),
+                response: Payload::empty(),
+            },
+            Outbound::Push {
+                join_ref: None,
+                ref_: Some("7".into()),
+                topic: "t\t".into(),
+                event: "phx_error".into(),
+                payload: Payload::json_raw("[1,2]"),
+            },
+        ];
+        for message in &messages {
+            for serializer in [Serializer::V1, Serializer::V2] {
+                assert_eq!(
+                    encoded_len(serializer, message),
+                    encode(serializer, message).len(),
+                    "{serializer:?} {message:?}"
+                );
+            }
+        }
+    }
 
     fn text(serializer: Serializer, message: &Outbound) -> String {
         match encode_frame(serializer, message) {

@@ -249,6 +249,30 @@ pub fn decode(serializer: Serializer, frame: RawFrame<'_>) -> Result<Message, De
     }
 }
 
+/// The most bytes `message` takes on the wire, whichever serializer a
+/// client speaks: what limits are checked against before a message is
+/// queued (a frame past a client's outbox cap would disconnect it).
+pub fn encoded_len(message: &Outbound) -> usize {
+    let (Outbound::Reply { response: p, .. }
+    | Outbound::Push { payload: p, .. }
+    | Outbound::Broadcast { payload: p, .. }) = message;
+    match p {
+        // V2 binary: a kind byte, a length byte per field, the fields, the
+        // payload; its fields are at most what the JSON forms spell out.
+        Payload::Binary(_) => json::encoded_len(Serializer::V2, message),
+        Payload::Json(_) => json::encoded_len(Serializer::V1, message)
+            .max(json::encoded_len(Serializer::V2, message)),
+    }
+}
+
+/// [`encoded_len`] of a broadcast, from its parts.
+pub fn broadcast_len(topic: &str, event: &str, payload: &Payload) -> usize {
+    match payload {
+        Payload::Binary(_) => json::broadcast_len(Serializer::V2, topic, event, payload),
+        Payload::Json(_) => json::broadcast_len(Serializer::V1, topic, event, payload),
+    }
+}
+
 /// Encodes one outbound message. A binary payload makes a V2 binary frame.
 pub fn encode(serializer: Serializer, message: &Outbound) -> Result<Frame, EncodeError> {
     let binary = match message {

@@ -26,7 +26,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::presence::{Diff, Owner, Presence};
-use crate::protocol::{Payload, event};
+use crate::protocol::{self, Payload, event};
 use crate::storage::{Kv, KvError};
 
 /// Source of server-unique timer ids.
@@ -237,7 +237,10 @@ impl StoreData {
     }
 
     pub(super) fn push(&mut self, event: String, payload: Option<Payload>) {
-        if let Some(payload) = payload {
+        let Some(payload) = payload else {
+            return;
+        };
+        if self.fits("push", &self.topic(), &event, &payload) {
             self.effects.push(Effect::Push { event, payload });
         }
     }
@@ -249,7 +252,10 @@ impl StoreData {
         payload: Option<Payload>,
         exclude_self: bool,
     ) {
-        if let Some(payload) = payload {
+        let Some(payload) = payload else {
+            return;
+        };
+        if self.fits("broadcast", &topic, &event, &payload) {
             self.effects.push(Effect::Broadcast {
                 topic,
                 event,
@@ -257,6 +263,23 @@ impl StoreData {
                 exclude_self,
             });
         }
+    }
+
+    /// Whether the frame fits the frame limit once encoded, with its topic,
+    /// event and envelope (a frame past a client's outbox would disconnect
+    /// every subscriber); else the call fails.
+    fn fits(&mut self, what: &str, topic: &str, event: &str, payload: &Payload) -> bool {
+        // A push also carries its channel's join_ref (a short decimal).
+        let len = protocol::broadcast_len(topic, event, payload) + 24;
+        if len <= self.max_output {
+            return true;
+        }
+        let problem = format!(
+            "a {what} frame of {len} bytes, over the limit of {}",
+            self.max_output
+        );
+        self.refuse(problem);
+        false
     }
 
     pub(super) fn log(&self, level: LogLevel, message: &str) {

@@ -185,13 +185,24 @@ impl Session {
             return self.send(reply);
         }
         if let Some(refusal) = self.oversized(&message) {
+            // The reply echoes no more than the limits allow: echoing a
+            // megabyte topic back would overflow the client's own outbox.
+            let limits = self.limits();
             let Message {
                 join_ref,
                 ref_,
                 topic,
                 ..
             } = message;
-            return self.send(reply(join_ref, ref_, topic, event::ERROR, refusal));
+            let clip = |text: Option<String>| text.map(|t| clipped(t, MAX_REF_BYTES));
+            let topic = clipped(topic, limits.max_topic_bytes);
+            return self.send(reply(
+                clip(join_ref),
+                clip(ref_),
+                topic,
+                event::ERROR,
+                refusal,
+            ));
         }
         let current = self
             .channels
@@ -286,10 +297,13 @@ impl Session {
     fn oversized(&self, message: &Message) -> Option<Payload> {
         let state = self.app.state();
         let limits = state.limits();
+        let long_ref = |r: &Option<String>| r.as_ref().is_some_and(|r| r.len() > MAX_REF_BYTES);
         if message.topic.len() > limits.max_topic_bytes {
             Some(Payload::json_raw(r#"{"reason":"topic too long"}"#))
         } else if message.event.len() > limits.max_event_bytes {
             Some(Payload::json_raw(r#"{"reason":"event too long"}"#))
+        } else if long_ref(&message.ref_) || long_ref(&message.join_ref) {
+            Some(Payload::json_raw(r#"{"reason":"ref too long"}"#))
         } else {
             None
         }
@@ -735,6 +749,22 @@ fn join_outcome(result: &Result<Called<Result<Outcome, Payload>>, PluginError>) 
         Ok(_) => JoinOutcome::Error,
         Err(_) => JoinOutcome::Crashed,
     }
+}
+
+/// Longest `ref` or `join_ref` a message may carry: the official client's
+/// are short decimals, and every reply echoes them.
+const MAX_REF_BYTES: usize = 64;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn clipped(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// Whether a stop reason closes the channel rather than erroring it, as for
