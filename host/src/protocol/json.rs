@@ -156,7 +156,7 @@ fn parts_len(serializer: Serializer, (join_ref, ref_, topic, event, body): Parts
         // `[` `,` `,` `,` `,` `]`
         Serializer::V2 => 6 + json_str_len(join_ref) + strings + body.len(),
         // `{"event":` `,"payload":` `,"ref":` `,"topic":` `}`
-        Serializer::V1 => 34 + strings + body.len(),
+        Serializer::V1 => 37 + strings + body.len(),
     }
 }
 
@@ -186,7 +186,8 @@ impl Body<'_> {
     fn len(&self) -> usize {
         match self {
             Body::Plain(p) => p.len(),
-            Body::Reply(status, p) => 26 + status.len() + p.len(),
+            // `{"response":` payload `,"status":` status `}`
+            Body::Reply(status, p) => 23 + json_str_len(Some(status)) + p.len(),
         }
     }
 
