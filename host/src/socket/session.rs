@@ -185,8 +185,10 @@ impl Session {
             return self.send(reply);
         }
         if let Some(refusal) = self.oversized(&message) {
-            // The reply echoes no more than the limits allow: echoing a
-            // megabyte topic back would overflow the client's own outbox.
+            // The reply echoes the topic if it fits the client's outbox (a
+            // client matches replies by topic); past that, only up to the
+            // limit: echoing a megabyte topic back would overflow the
+            // outbox and disconnect the client instead of answering it.
             let limits = self.limits();
             let Message {
                 join_ref,
@@ -195,7 +197,11 @@ impl Session {
                 ..
             } = message;
             let clip = |text: Option<String>| text.map(|t| clipped(t, MAX_REF_BYTES));
-            let topic = clipped(topic, limits.max_topic_bytes);
+            let room = limits.outbox_bytes.min(limits.max_frame_bytes) / 2;
+            let topic = match topic.len() > room {
+                true => clipped(topic, limits.max_topic_bytes),
+                false => topic,
+            };
             return self.send(reply(
                 clip(join_ref),
                 clip(ref_),
