@@ -275,6 +275,13 @@ impl App {
         self.channels.load(Ordering::Relaxed)
     }
 
+    /// Places of the app's `reserved_connections` it does not use now, of
+    /// at most `share` (reservations never take the whole server).
+    pub fn unused_reservation(&self, share: usize) -> usize {
+        let reserved = self.state.load().config.limits.reserved_connections;
+        reserved.min(share).saturating_sub(self.socket_count())
+    }
+
     /// How many sockets are open (both transports).
     pub fn socket_count(&self) -> usize {
         self.connections.load(Ordering::Relaxed)

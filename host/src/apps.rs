@@ -3,9 +3,12 @@
 //! configs while the server runs.
 //!
 //! Capacity is taken, not checked: a connection holds a permit of the
-//! server-wide semaphore (`server.max_connections`) and one of its app's
-//! (`limits.max_connections`) for its whole life, both inside its session,
-//! so concurrent connects can never overshoot either limit.
+//! server-wide semaphore (`server.max_connections`), one of its app's
+//! (`limits.max_connections`) and one of its client address's (`clients`)
+//! for its whole life, all inside its session, so concurrent connects can
+//! never overshoot a limit. No app can starve another: each keeps
+//! `limits.reserved_connections` places that the others cannot take, and
+//! no client address can hold more than its share of any app.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::{App, AppPermit, AppState};
 use crate::auth::{self, Identity};
+use crate::clients::{ClientPermit, Clients, Refusal};
 use crate::config::AppConfig;
 use crate::mailbox::Close;
 use crate::metrics::{ConnectionGauge, refusal};
@@ -41,6 +45,11 @@ struct Shared {
     /// One permit per open connection, all apps together.
     connections: Arc<Semaphore>,
     max_connections: usize,
+    /// Held while a connection is admitted: the reservation check and the
+    /// taking of a permit are one step.
+    admitting: std::sync::Mutex<()>,
+    /// Per-client-address limits.
+    clients: Clients,
 }
 
 /// A connection let in: how to talk to it, who it is, and its place in the
@@ -51,10 +60,12 @@ pub struct Admission {
     pub permit: ConnectionPermit,
 }
 
-/// A connection's places in the server's and its app's limits.
+/// A connection's places in the server's, its app's and its client
+/// address's limits.
 pub struct ConnectionPermit {
     _server: OwnedSemaphorePermit,
     _app: AppPermit,
+    _client: Option<ClientPermit>,
     /// Counts the connection in `roost_sockets_active` while it lives.
     _gauge: Option<ConnectionGauge>,
 }
@@ -64,6 +75,7 @@ impl ConnectionPermit {
         Self {
             _server: server,
             _app: app,
+            _client: None,
             _gauge: None,
         }
     }
@@ -78,9 +90,16 @@ impl ConnectionPermit {
 }
 
 impl Apps {
-    pub fn new(runtime: Runtime, storage: Storage, max_connections: usize) -> Self {
+    pub fn new(
+        runtime: Runtime,
+        storage: Storage,
+        max_connections: usize,
+        clients: Clients,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
+                admitting: std::sync::Mutex::new(()),
+                clients,
                 runtime,
                 storage,
                 mounts: ArcSwap::from_pointee(HashMap::new()),
@@ -130,6 +149,7 @@ impl Apps {
         transport: &str,
         vsn: Option<&str>,
         token: Option<&str>,
+        client: Option<std::net::IpAddr>,
     ) -> Result<Admission, StatusCode> {
         let refuse = |status, metric: &str, reason: &dyn std::fmt::Display| {
             app.metrics().refused(transport, metric);
@@ -141,9 +161,43 @@ impl Apps {
                 format!("the client's transport version {vsn:?} does not match 1.0.0 or 2.0.0");
             return Err(refuse(StatusCode::FORBIDDEN, refusal::VSN, &reason));
         };
-        let Ok(server) = self.shared.connections.clone().try_acquire_owned() else {
+        let client = match client.map(|ip| (ip, self.shared.clients.socket(ip))) {
+            None => None,
+            Some((_, Ok(permit))) => Some(permit),
+            Some((ip, Err(why))) => {
+                let metric = match why {
+                    Refusal::TooMany(_) => refusal::CLIENT_FULL,
+                    Refusal::TooFast => refusal::CLIENT_RATE,
+                };
+                let reason = format!("{ip}: {why}");
+                return Err(refuse(StatusCode::TOO_MANY_REQUESTS, metric, &reason));
+            }
+        };
+        let server = {
+            let _admitting = self
+                .shared
+                .admitting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // The places other apps have reserved and not used are not
+            // this app's to take. All reservations together hold back at
+            // most half of the server.
+            let apps = self.all();
+            let share = self.shared.max_connections / (2 * apps.len().max(1));
+            let reserved: usize = apps
+                .iter()
+                .filter(|other| !Arc::ptr_eq(other, app))
+                .map(|other| other.unused_reservation(share))
+                .sum();
+            let free = self.shared.connections.available_permits();
+            match free > reserved {
+                true => self.shared.connections.clone().try_acquire_owned().ok(),
+                false => None,
+            }
+        };
+        let Some(server) = server else {
             let reason = format!(
-                "the server is at its limit of {} connections",
+                "the server is at its limit of {} connections (the rest reserved for other apps)",
                 self.shared.max_connections
             );
             return Err(refuse(
@@ -166,11 +220,14 @@ impl Apps {
         };
         let identity = auth::authenticate(app.state().config(), token)
             .map_err(|e| refuse(StatusCode::FORBIDDEN, e.metric(), &e))?;
+        let permit = ConnectionPermit {
+            _client: client,
+            ..ConnectionPermit::new(server, app_permit)
+        };
         Ok(Admission {
             serializer,
             identity,
-            permit: ConnectionPermit::new(server, app_permit)
-                .counted(app.metrics().connected(transport)),
+            permit: permit.counted(app.metrics().connected(transport)),
         })
     }
 

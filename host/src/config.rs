@@ -65,6 +65,19 @@ pub struct ServerConfig {
     /// On shutdown (Ctrl-C, SIGTERM), how long connections get to close and
     /// channels to terminate before the process exits anyway.
     pub drain_timeout_ms: u64,
+    /// How long a client may take to send a request's headers (WebSocket
+    /// upgrades included); past it the connection is closed (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// Open sockets one client address may hold (and TCP connections still
+    /// reading their request).
+    pub max_connections_per_ip: usize,
+    /// New sockets one client address may open per second (a burst of
+    /// twice that).
+    pub connections_per_ip_per_second: u32,
+    /// Behind a proxy: the header holding the client's address (its last
+    /// entry), e.g. `x-forwarded-for`. Only set it if a proxy you trust
+    /// always sets it.
+    pub client_ip_header: Option<String>,
     /// Where the admin keys come from (`env:NAME`, `file:PATH`,
     /// `value:TEXT`, as app secrets): `Authorization: Bearer <key>` opens
     /// `/dashboard` and `/metrics`. None turns both off (404).
@@ -88,6 +101,10 @@ impl Default for ServerConfig {
             data_dir: default_data_dir(),
             max_connections: 100_000,
             drain_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            max_connections_per_ip: 1000,
+            connections_per_ip_per_second: 100,
+            client_ip_header: None,
             admin_key_sources: Vec::new(),
             metrics_public: false,
             admin_keys: Vec::new(),
@@ -121,6 +138,10 @@ impl ServerConfig {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
     }
 }
 
@@ -272,6 +293,12 @@ pub struct Limits {
     pub longpoll_body_bytes: usize,
     /// Open sockets (both transports) the app accepts; past it, HTTP 503.
     pub max_connections: usize,
+    /// Sockets held back for this app however full the server is: other
+    /// apps cannot take these places, so no app can starve another.
+    pub reserved_connections: usize,
+    /// How long a write to a client may block (a client that stopped
+    /// reading); past it the socket is closed as a slow consumer.
+    pub write_timeout_ms: u64,
     /// Longest topic and event name, in bytes; longer ones get an error reply.
     pub max_topic_bytes: usize,
     pub max_event_bytes: usize,
@@ -300,6 +327,8 @@ impl Default for Limits {
             longpoll_window_ms: 10_000,
             longpoll_body_bytes: 4 << 20,
             max_connections: 100_000,
+            reserved_connections: 1000,
+            write_timeout_ms: 5_000,
             max_topic_bytes: 1024,
             max_event_bytes: 256,
             call_deadline_ms: 1_000,
@@ -317,6 +346,10 @@ impl Default for Limits {
 impl Limits {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 
     pub fn longpoll_window(&self) -> Duration {
@@ -354,6 +387,16 @@ impl Config {
         let mut config: Config = toml::from_str(text)?;
         config.server.admin_keys = resolve_all(&config.server.admin_key_sources, base)
             .context("key `server.admin_keys`")?;
+        let s = &config.server;
+        if s.max_connections_per_ip == 0
+            || s.connections_per_ip_per_second == 0
+            || s.header_read_timeout_ms == 0
+            || s.max_connections == 0
+        {
+            bail!(
+                "key `server`: max_connections, max_connections_per_ip, connections_per_ip_per_second and header_read_timeout_ms must be greater than zero"
+            );
+        }
         let mut mounts: BTreeMap<String, &str> = BTreeMap::new();
         for (name, app) in &mut config.apps {
             if name.is_empty()
@@ -403,6 +446,7 @@ impl Config {
             ];
             let times = [
                 l.idle_timeout_ms,
+                l.write_timeout_ms,
                 l.longpoll_window_ms,
                 l.call_deadline_ms,
                 l.join_deadline_ms,

@@ -10,6 +10,9 @@
 //!   applying a changed config.
 //! - [`app`]: one app — its state (config, routes), pub/sub, presence,
 //!   sockets — and [`app::App::broadcast`], the one way to broadcast.
+//! - [`listener`]: accepting HTTP connections (header-read timeout, peer
+//!   address, per-address cap on connections reading their request).
+//! - [`clients`]: limits per client address (open sockets, connection rate).
 //! - [`auth`]: origin checks and token verification at connect.
 //! - [`transport`]: the WebSocket and long-poll adapters onto the socket loop.
 //! - [`socket`]: the per-connection actor ([`socket::run`]) and its Phoenix
@@ -64,7 +67,9 @@ pub mod app;
 pub mod apps;
 pub mod auth;
 pub mod channel;
+pub mod clients;
 pub mod config;
+pub mod listener;
 pub mod mailbox;
 pub mod metrics;
 pub mod presence;

@@ -92,6 +92,11 @@ pub mod refusal {
     pub const SERVER_FULL: &str = "server_full";
     /// The app was at its `max_connections`.
     pub const APP_FULL: &str = "app_full";
+    /// The client address holds `server.max_connections_per_ip` sockets.
+    pub const CLIENT_FULL: &str = "client_full";
+    /// The client address opens sockets faster than
+    /// `server.connections_per_ip_per_second`.
+    pub const CLIENT_RATE: &str = "client_rate";
     /// The `Origin` is not allowed by `check_origin`.
     pub const ORIGIN: &str = "origin";
     /// Subprotocols offered without `phoenix`, or an undecodable `authToken`.
@@ -107,10 +112,12 @@ pub mod refusal {
     pub const TOKEN_MALFORMED: &str = "token_malformed";
 
     /// Every reason, resolved per app and transport up front.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         VSN,
         SERVER_FULL,
         APP_FULL,
+        CLIENT_FULL,
+        CLIENT_RATE,
         ORIGIN,
         SUBPROTOCOL,
         TOKEN_MISSING,

@@ -13,7 +13,6 @@ use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -21,7 +20,9 @@ use crate::admin::{self, Admin, AdminSettings};
 use crate::api;
 use crate::app::App;
 use crate::apps::Apps;
+use crate::clients::Clients;
 use crate::config::{Config, ServerConfig};
+use crate::listener;
 use crate::metrics::Metrics;
 use crate::reload;
 use crate::runtime::Runtime;
@@ -37,7 +38,7 @@ pub struct Running {
     transports: Transports,
     shutdown: Shutdown,
     drain_timeout: Duration,
-    serve: JoinHandle<std::io::Result<()>>,
+    serve: JoinHandle<()>,
 }
 
 impl Running {
@@ -88,13 +89,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics.clone(),
     )?;
     let storage = Storage::new(config.server.data_dir.clone());
-    let apps = Apps::new(runtime, storage, config.server.max_connections);
+    let clients = Clients::new(&config.server);
+    let apps = Apps::new(
+        runtime,
+        storage,
+        config.server.max_connections,
+        clients.clone(),
+    );
     let shutdown = Shutdown::default();
     apps.apply(config.apps).await?;
     if config.server.watch {
         reload::watch(apps.clone(), shutdown.clone(), config.source)?;
     }
-    let transports = Transports::new(apps.clone(), shutdown.clone());
+    let transports = Transports::new(apps.clone(), shutdown.clone(), clients.clone());
     let admin = start_admin(&config.server, &apps, metrics, &shutdown, &transports);
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -108,18 +115,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_state(apps.clone())
         .merge(admin::routes(admin))
         .fallback_service(rest);
-    // Frames are small and latency matters: no Nagle delay on any socket.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!("could not set TCP_NODELAY: {error}");
-        }
-    });
-    let stopped = shutdown.cancelled_owned();
-    let serve = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stopped)
-            .await
-    });
+    let serve = tokio::spawn(listener::serve(
+        listener,
+        router,
+        shutdown.clone(),
+        clients,
+        config.server.header_read_timeout(),
+    ));
     tracing::info!(%addr, "listening");
     if !config.server.admin_keys.is_empty() {
         tracing::info!("dashboard: http://{addr}/dashboard");

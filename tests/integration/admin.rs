@@ -156,6 +156,8 @@ async fn counters_move_when_clients_act() {
             r#"["2","5","room:x","phx_reply",{"response":{"channel":"room:x"},"status":"ok"}]"#,
         )
         .await;
+    // The room announces ada after its reply, from a timer: wait for it.
+    while !client.recv_text().await.contains("presence_diff") {}
     let (_, _, text) = get(&server, "/metrics", Some(ADMIN_KEY)).await;
     let demo = r#"app="demo""#;
     assert_eq!(sample(&text, "roost_messages_in_total", demo), 5.0);

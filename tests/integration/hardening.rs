@@ -120,3 +120,166 @@ async fn a_topic_too_long_gets_its_reply_and_the_echo_fits() {
     .await;
     server.stop().await;
 }
+
+/// A server whose per-address limits are `edit`'s.
+async fn limited(edit: impl FnOnce(&mut roost_host::config::Config)) -> TestServer {
+    let mut config =
+        roost_host::config::Config::parse(&roost_tests::demo_config(), std::path::Path::new("."))
+            .expect("demo config");
+    edit(&mut config);
+    TestServer::start_as_configured(config).await
+}
+
+/// A TCP connection to the server from `source` (any 127/8 address
+/// reaches a server on 127.0.0.1, and counts as a client of its own).
+async fn tcp_from(server: &TestServer, source: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("address"))
+        .expect("bind");
+    socket.connect(server.addr).await.expect("connect")
+}
+
+/// A WebSocket upgrade from `source`: the client, or the refusal's status.
+async fn ws_from(server: &TestServer, source: &str) -> Result<Client, u16> {
+    let url = format!("ws://{}/socket/websocket?vsn=2.0.0", server.addr);
+    let stream = tcp_from(server, source).await;
+    match tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+        .await
+    {
+        Ok((ws, _)) => Ok(Client::from_stream(ws)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(other) => panic!("upgrade from {source}: {other}"),
+    }
+}
+
+/// True once the server closed a connection that sent nothing more.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut byte = [0u8; 512];
+    loop {
+        match tokio::time::timeout(within, stream.read(&mut byte)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn one_address_at_its_limit_gets_429_and_another_address_still_connects() {
+    let server = limited(|c| c.server.max_connections_per_ip = 2).await;
+    let mut held = vec![
+        ws_from(&server, "127.0.0.1").await.expect("first"),
+        ws_from(&server, "127.0.0.1").await.expect("second"),
+    ];
+    assert_eq!(ws_from(&server, "127.0.0.1").await.err(), Some(429));
+    let mut other = ws_from(&server, "127.0.0.2")
+        .await
+        .expect("another address");
+    other
+        .call(
+            r#"[null,"1","phoenix","heartbeat",{}]"#,
+            r#"[null,"1","phoenix","phx_reply",{"response":{},"status":"ok"}]"#,
+        )
+        .await;
+    // A closed socket gives its place back.
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + roost_tests::WAIT;
+    while ws_from(&server, "127.0.0.1").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_address_opening_sockets_too_fast_gets_429_and_another_does_not() {
+    let server = limited(|c| c.server.connections_per_ip_per_second = 2).await;
+    // A burst of twice the rate passes.
+    let mut burst = Vec::new();
+    for _ in 0..4 {
+        burst.push(
+            ws_from(&server, "127.0.0.1")
+                .await
+                .expect("within the burst"),
+        );
+    }
+    assert_eq!(ws_from(&server, "127.0.0.1").await.err(), Some(429));
+    assert!(ws_from(&server, "127.0.0.2").await.is_ok());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_or_trickling_connection_is_dropped_and_others_are_served() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = limited(|c| {
+        c.server.header_read_timeout_ms = 300;
+        c.server.max_connections_per_ip = 2;
+    })
+    .await;
+    // Slowloris: half a request line, then nothing; and a silent one.
+    let mut trickling = tcp_from(&server, "127.0.0.1").await;
+    trickling
+        .write_all(b"GET / HTTP/1.1\r\nHo")
+        .await
+        .expect("write");
+    let mut silent = tcp_from(&server, "127.0.0.1").await;
+    // Four HTTP connections is this address's cap (twice its sockets):
+    // past it a connection is closed at once.
+    let _more = [
+        tcp_from(&server, "127.0.0.1").await,
+        tcp_from(&server, "127.0.0.1").await,
+    ];
+    let mut over = tcp_from(&server, "127.0.0.1").await;
+    assert!(closed_by_server(&mut over, std::time::Duration::from_secs(1)).await);
+    // Meanwhile another address is served.
+    let mut other = ws_from(&server, "127.0.0.2").await.expect("served");
+    other
+        .call(
+            r#"[null,"1","phoenix","heartbeat",{}]"#,
+            r#"[null,"1","phoenix","phx_reply",{"response":{},"status":"ok"}]"#,
+        )
+        .await;
+    for stream in [&mut trickling, &mut silent] {
+        assert!(
+            closed_by_server(stream, roost_tests::WAIT).await,
+            "reaped by the header timeout"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
+    // The outbox is large enough that only the blocked write can end it.
+    let server =
+        TestServer::with_config(&config("write_timeout_ms = 300\noutbox_bytes = 268435456")).await;
+    let _stalled = joined(&server, "fixture:stall").await;
+    let app = server.app("/socket");
+    let chunk = roost_host::protocol::Payload::json_raw(&format!(r#""{}""#, "x".repeat(60_000)));
+    let started = std::time::Instant::now();
+    // Far more than loopback's socket buffers hold for a client that
+    // never reads (a few MB), far less than its outbox.
+    for _ in 0..500 {
+        if app.broadcast("fixture:stall", "chunk", &chunk, None) == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let deadline = tokio::time::Instant::now() + roost_tests::WAIT;
+    while app.broadcast("fixture:stall", "chunk", &chunk, None) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled socket stayed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    server.stop().await;
+}

@@ -88,8 +88,16 @@ impl TestServer {
     }
 
     /// Starts a server from a config, with a fresh `data_dir` of its own
-    /// (so no test sees another's stored data).
+    /// (so no test sees another's stored data) and the per-address limits
+    /// raised (tests open many sockets at once from one address).
     pub async fn start(mut config: Config) -> Self {
+        config.server.connections_per_ip_per_second = 1_000_000;
+        config.server.max_connections_per_ip = 1_000_000;
+        Self::start_as_configured(config).await
+    }
+
+    /// [`TestServer::start`], leaving the per-address limits as configured.
+    pub async fn start_as_configured(mut config: Config) -> Self {
         let data = tempfile::tempdir().expect("a temp dir");
         config.server.data_dir = data.path().to_owned();
         let running = server::start(config).await.expect("server starts");

@@ -58,8 +58,9 @@ impl<T> Connection for T where
 }
 
 /// Runs a connection until it ends: the client goes, a close is asked for
-/// (server shutdown, the API, a slow client, `idle` with no message from
-/// the client), or the connection fails. Then every channel ends.
+/// (server shutdown, the API, a slow client — its outbox full, or a write
+/// blocked past `limits.write_timeout_ms` — `idle` with no message from the
+/// client), or the connection fails. Then every channel ends.
 ///
 /// The future is kept small (an idle connection holds it for its whole
 /// life): the plugin calls it awaits are boxed while they run.
@@ -71,6 +72,7 @@ pub async fn run<C: Connection>(
 ) {
     tracing::debug!("connected");
     let mailbox = session.mailbox().clone();
+    let write_timeout = session.app().state().config().limits.write_timeout();
     let mut frames = Vec::new();
     let mut commands = Vec::new();
     // Made once and re-armed rather than remade per loop: a delivery to this
@@ -83,7 +85,7 @@ pub async fn run<C: Connection>(
     let close = loop {
         let flushed = tokio::select! {
             biased;
-            flushed = flush(&mut conn, &mut session, &mailbox, &mut frames, &mut commands) => flushed,
+            flushed = flush(&mut conn, &mut session, &mailbox, &mut frames, &mut commands, write_timeout) => flushed,
             () = overflow(&mailbox) => Err(Some(Close::SlowConsumer)),
         };
         if let Err(close) = flushed {
@@ -122,13 +124,16 @@ pub async fn run<C: Connection>(
 /// Acts on queued commands, then writes queued frames, several per flush,
 /// until the mailbox is empty: it returns only after finding it so, so a
 /// post after that wakes the caller's `mailbox.ready()`. `Err(Some)` closes
-/// with that code, `Err(None)` means the connection is gone.
+/// with that code, `Err(None)` means the connection is gone. A batch of
+/// writes that does not go out within `write_timeout` (the client stopped
+/// reading and the kernel's buffers are full) closes as a slow consumer.
 async fn flush<C: Connection>(
     conn: &mut C,
     session: &mut Session,
     mailbox: &Mailbox,
     frames: &mut Vec<WireFrame>,
     commands: &mut Vec<Command>,
+    write_timeout: Duration,
 ) -> Result<(), Option<Close>> {
     loop {
         if mailbox.overflowed() {
@@ -145,12 +150,18 @@ async fn flush<C: Connection>(
             return Ok(());
         }
         session.app().metrics().messages_out(frames.len());
-        for frame in frames.drain(..) {
-            conn.feed(Outgoing::Frame(frame))
-                .await
-                .map_err(|Gone| None)?;
+        // A write that completes at once (the usual case) never arms the
+        // timer: `timeout` polls its future first.
+        let written = async {
+            for frame in frames.drain(..) {
+                conn.feed(Outgoing::Frame(frame)).await?;
+            }
+            conn.flush().await
+        };
+        match tokio::time::timeout(write_timeout, written).await {
+            Err(_) => return Err(Some(Close::SlowConsumer)),
+            Ok(written) => written.map_err(|Gone| None)?,
         }
-        conn.flush().await.map_err(|Gone| None)?;
     }
 }
 

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -127,6 +128,7 @@ pub async fn handle(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
     request: Body,
+    client: Option<IpAddr>,
 ) -> Response {
     // As in Phoenix, the origin is checked first, for every method.
     if let Err(error) = auth::check_origin(app.state().config(), headers) {
@@ -136,7 +138,7 @@ pub async fn handle(
     }
     match method {
         Method::OPTIONS => preflight(headers),
-        Method::GET => poll(transports, app, headers, params).await,
+        Method::GET => poll(transports, app, headers, params, client).await,
         Method::POST => publish(transports, app, headers, params, request).await,
         _ => with_cors(StatusCode::BAD_REQUEST.into_response()),
     }
@@ -169,10 +171,11 @@ async fn poll(
     app: Arc<App>,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
+    client: Option<IpAddr>,
 ) -> Response {
     let token = session_token(headers, params).map(str::to_owned);
     let Some(handle) = find(transports, &app, headers, params) else {
-        return open(transports, app, headers, params);
+        return open(transports, app, headers, params, client);
     };
     let token = token.unwrap_or_default();
     handle.shared.touch();
@@ -204,6 +207,7 @@ fn open(
     app: Arc<App>,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
+    client: Option<IpAddr>,
 ) -> Response {
     // The official client sends its `authToken` in this header on GETs.
     let token = headers
@@ -211,7 +215,7 @@ fn open(
         .and_then(|v| v.to_str().ok())
         .or(params.get("token").map(String::as_str));
     let vsn = params.get("vsn").map(String::as_str);
-    let Ok(admission) = transports.apps.admit(&app, "longpoll", vsn, token) else {
+    let Ok(admission) = transports.apps.admit(&app, "longpoll", vsn, token, client) else {
         return body(403, None, None);
     };
     let serializer = admission.serializer;

@@ -19,7 +19,12 @@ use axum::extract::{FromRequestParts, Query, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+
 use crate::apps::Apps;
+use crate::clients::Clients;
 use crate::shutdown::Shutdown;
 
 /// What the transports need of the server. Cheap to clone.
@@ -28,14 +33,16 @@ pub struct Transports {
     apps: Apps,
     shutdown: Shutdown,
     longpoll: longpoll::Sessions,
+    clients: Clients,
 }
 
 impl Transports {
-    pub fn new(apps: Apps, shutdown: Shutdown) -> Self {
+    pub fn new(apps: Apps, shutdown: Shutdown, clients: Clients) -> Self {
         Self {
             apps,
             shutdown,
             longpoll: longpoll::Sessions::default(),
+            clients,
         }
     }
 
@@ -63,14 +70,20 @@ impl Transports {
         let Ok(Query(params)) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri) else {
             return Ok((StatusCode::BAD_REQUEST, "invalid query string\n").into_response());
         };
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        let client = self.clients.address(&parts.headers, peer);
         if !websocket {
-            return Ok(
-                longpoll::handle(self, app, parts.method, &parts.headers, &params, body).await,
-            );
+            let (method, headers) = (parts.method, &parts.headers);
+            return Ok(longpoll::handle(self, app, method, headers, &params, body, client).await);
         }
         Ok(
             match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-                Ok(upgrade) => websocket::upgrade(self, app, upgrade, &parts.headers, &params),
+                Ok(upgrade) => {
+                    websocket::upgrade(self, app, upgrade, &parts.headers, &params, client)
+                }
                 Err(rejection) => rejection.into_response(),
             },
         )

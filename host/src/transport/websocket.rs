@@ -42,6 +42,7 @@ pub fn upgrade(
     upgrade: WebSocketUpgrade,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
+    client: Option<std::net::IpAddr>,
 ) -> Response {
     let state = app.state();
     let refuse = |metric: &str, reason: &dyn std::fmt::Display| {
@@ -60,7 +61,7 @@ pub fn upgrade(
         .as_deref()
         .or(params.get("token").map(String::as_str));
     let vsn = params.get("vsn").map(String::as_str);
-    let admission = match transports.apps.admit(&app, "websocket", vsn, token) {
+    let admission = match transports.apps.admit(&app, "websocket", vsn, token, client) {
         Ok(admission) => admission,
         Err(status) => return status.into_response(),
     };

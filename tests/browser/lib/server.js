@@ -98,6 +98,8 @@ export class RoostServer {
     const origins = [this.origin, ...this.allowedOrigins].map((o) => JSON.stringify(o));
     return [
       "[server]",
+      // Tests open many sockets at once from one address.
+      "connections_per_ip_per_second = 1000000",
       'node = "roost@browser"',
       `data_dir = ${p(path.join(this.dir, "data"))}`,
       `admin_keys = [${p(`value:${ADMIN_KEY}`)}]`,

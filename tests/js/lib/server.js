@@ -64,6 +64,8 @@ function configToml({ server = [], limits = [], dataDir } = {}) {
   ];
   return [
     "[server]",
+    // Tests open many sockets at once from one address.
+    "connections_per_ip_per_second = 1000000",
     'node = "roost@js"',
     // The JS fixture's key-value storage, in this server's temp dir.
     ...(dataDir ? [`data_dir = ${JSON.stringify(dataDir)}`] : []),

@@ -462,6 +462,9 @@ fn config_text(listen: &str, access: Access, secret: &str, data_dir: &Path) -> S
 [server]
 listen = "{listen}"
 node = "roost@bench"
+# One generator opens every connection, from one address.
+max_connections_per_ip = 1000000
+connections_per_ip_per_second = 1000000
 data_dir = {data_dir}
 
 [apps.demo]

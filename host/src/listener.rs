@@ -1,0 +1,104 @@
+//! Accepting HTTP connections: each one served by hyper with a header-read
+//! timeout (a client trickling its request a byte at a time, or sending
+//! nothing, is dropped after `server.header_read_timeout_ms` — what
+//! `axum::serve` cannot do, as it runs hyper without a timer), upgrades for
+//! WebSockets, `TCP_NODELAY`, the peer address for the handlers, and a cap
+//! per client address on HTTP connections.
+//!
+//! On shutdown it stops accepting, lets requests in flight finish (a
+//! waiting long-poll GET answers once its session ends), and closes idle
+//! keep-alive connections. Upgraded WebSockets are the socket tasks' own,
+//! drained by `shutdown`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+use crate::clients::Clients;
+use crate::shutdown::Shutdown;
+
+/// How long to back off when `accept` fails, which it does when the
+/// process is out of file descriptors: retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How long idle and unfinished connections get to close at shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves `router` on `listener` until shutdown begins.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+    clients: Clients,
+    header_read_timeout: Duration,
+) {
+    let connections = TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!("accept failed (out of file descriptors?): {error}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // Counted until the connection ends or upgrades: an upgraded
+        // WebSocket then counts as the client's socket instead.
+        let Some(permit) = clients.tcp(peer.ip()) else {
+            tracing::debug!(%peer, "refused: too many connections from this address");
+            continue;
+        };
+        // Frames are small and latency matters: no Nagle delay.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!("could not set TCP_NODELAY: {error}");
+        }
+        let service = router
+            .clone()
+            .map_request(move |mut request: Request<Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(peer));
+                request
+            });
+        let connection = http
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .with_upgrades();
+        let stopping = shutdown.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = stopping.cancelled() => {
+                    // Finish the request in flight, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
+                tracing::debug!(%peer, "connection ended: {error}");
+            }
+            drop(permit);
+        });
+    }
+    connections.close();
+    if tokio::time::timeout(CLOSE_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::debug!("some HTTP connections were still open at shutdown");
+    }
+}
