@@ -2,6 +2,9 @@
 //! connections (serializer, capacity, token), and applying a new set of app
 //! configs while the server runs.
 //!
+//! In a cluster, the registry holds the server's broker and every app it
+//! starts joins it ([`App::clustered`]).
+//!
 //! Capacity is taken, not checked: a connection holds a permit of the
 //! server-wide semaphore (`server.max_connections`) and one of its app's
 //! (`limits.max_connections`) for its whole life, both inside its session,
@@ -20,6 +23,7 @@ use crate::auth::{self, Identity};
 use crate::config::AppConfig;
 use crate::mailbox::Close;
 use crate::protocol::Serializer;
+use crate::pubsub::{ClusterStatus, RedisBroker};
 use crate::runtime::Runtime;
 
 /// Cheap to clone; clones share the registry.
@@ -38,6 +42,10 @@ struct Shared {
     /// One permit per open connection, all apps together.
     connections: Arc<Semaphore>,
     max_connections: usize,
+    /// This node's name (`server.node`).
+    node: Arc<str>,
+    /// The cluster's broker; none on a single node.
+    broker: Option<RedisBroker>,
 }
 
 /// A connection let in: how to talk to it, who it is, and its place in the
@@ -64,7 +72,13 @@ impl ConnectionPermit {
 }
 
 impl Apps {
-    pub fn new(runtime: Runtime, max_connections: usize) -> Self {
+    /// The apps of node `node`, in the cluster of `broker` if any.
+    pub fn new(
+        runtime: Runtime,
+        max_connections: usize,
+        node: &str,
+        broker: Option<RedisBroker>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 runtime,
@@ -72,8 +86,25 @@ impl Apps {
                 applying: tokio::sync::Mutex::new(()),
                 connections: Arc::new(Semaphore::new(max_connections)),
                 max_connections,
+                node: node.into(),
+                broker,
             }),
         }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// The cluster's broker, if this node is in one.
+    pub fn broker(&self) -> Option<&RedisBroker> {
+        self.shared.broker.as_ref()
+    }
+
+    /// The cluster as this node sees it; none on a single node.
+    pub fn cluster_status(&self) -> Option<ClusterStatus> {
+        self.shared.broker.as_ref().map(RedisBroker::status)
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -174,7 +205,10 @@ impl Apps {
             .with_context(|| format!("app `{name}`"))?;
             match current {
                 Some(app) => changed.push((app.clone(), state)),
-                None => added.push(Arc::new(App::new(&name, state))),
+                None => added.push(match &self.shared.broker {
+                    Some(broker) => App::clustered(&name, state, broker),
+                    None => Arc::new(App::new(&name, state)),
+                }),
             }
         }
         let mut mounts = HashMap::new();

@@ -18,7 +18,10 @@
 //!   codes.
 //! - [`channel`]: which plugin serves a topic.
 //! - [`runtime`]: wasmtime, compiled plugins, warm instances, host imports.
-//! - [`pubsub`]: per-app subscriptions and encode-once fan-out.
+//! - [`pubsub`]: per-app subscriptions and encode-once fan-out, and the
+//!   broker that carries broadcasts and presence to the other nodes of a
+//!   cluster (in-process by default, Redis with `[cluster]`).
+//! - [`cluster`]: the link to the cluster's Redis, shared by its users.
 //! - [`presence`]: per-app presence tracking and Phoenix presence diffs.
 //! - [`protocol`]: the wire formats and topic patterns — pure code, no I/O.
 //! - [`reload`]: watches plugin files and the config, swaps in new versions.
@@ -44,7 +47,9 @@
 //! 4. **pubsub** — a broadcast goes through [`app::App::broadcast`]:
 //!    encoded once per serializer, the same bytes posted to every
 //!    subscriber's mailbox, unless the plugin intercepts the event, in which
-//!    case each subscriber's session gets a command to run `handle_out`.
+//!    case each subscriber's session gets a command to run `handle_out`. In
+//!    a cluster it is then published to Redis once, and every other node
+//!    with subscribers on the topic fans it out the same way.
 //! 5. **subscribers** — each socket's loop writes what its mailbox holds,
 //!    several frames per flush; a client too slow to keep its mailbox under
 //!    the cap is disconnected (1008).
@@ -56,6 +61,7 @@ pub mod app;
 pub mod apps;
 pub mod auth;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod mailbox;
 pub mod presence;

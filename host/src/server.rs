@@ -1,7 +1,7 @@
 //! The composition root: builds every part of a running server from the
-//! config and wires them together — the plugin runtime, the apps registry,
-//! the shutdown, the transports, the HTTP API and the file watcher — then
-//! serves HTTP until shut down. Only `main` and the tests use this module;
+//! config and wires them together — the plugin runtime, the cluster broker
+//! (with `[cluster]`), the apps registry, the shutdown, the transports, the
+//! HTTP API and the file watcher — then serves HTTP until shut down. Only `main` and the tests use this module;
 //! every other module is given just the parts it uses.
 
 use std::net::SocketAddr;
@@ -19,7 +19,10 @@ use tokio::task::JoinHandle;
 use crate::api;
 use crate::app::App;
 use crate::apps::Apps;
+use crate::cluster::RedisLink;
 use crate::config::Config;
+use crate::presence::NodeId;
+use crate::pubsub::RedisBroker;
 use crate::reload;
 use crate::runtime::Runtime;
 use crate::shutdown::Shutdown;
@@ -67,6 +70,11 @@ impl Running {
                 self.drain_timeout
             );
         }
+        // After the sockets: their channels' leaves still reach the other
+        // nodes. The broker's tasks are not tracked for that reason.
+        if let Some(broker) = self.apps.broker() {
+            broker.stop().await;
+        }
         // Once every connection is gone, the listener's own graceful
         // shutdown has nothing left to wait for.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.serve).await;
@@ -78,7 +86,21 @@ impl Running {
 /// the config and plugin files unless `server.watch` is off.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let runtime = Runtime::new(&config.server.node, config.server.cache_dir())?;
-    let apps = Apps::new(runtime, config.server.max_connections);
+    let broker = match &config.cluster {
+        Some(cluster) => Some(RedisBroker::start(
+            RedisLink::new(cluster)?,
+            cluster,
+            NodeId::random(),
+            &config.server.node,
+        )?),
+        None => None,
+    };
+    let apps = Apps::new(
+        runtime,
+        config.server.max_connections,
+        &config.server.node,
+        broker,
+    );
     let shutdown = Shutdown::default();
     apps.apply(config.apps).await?;
     if config.server.watch {
