@@ -3,6 +3,7 @@
 
 mod apps;
 mod channels;
+mod cluster;
 mod longpoll;
 mod presence;
 mod protocol;

@@ -30,6 +30,12 @@
 //! the topic's channel. A node that subscribes to a topic reads those
 //! hashes after its subscription is confirmed, before the join that caused
 //! it runs (`Broker::ready`), so `presence_state` lists every node's users.
+//! A change updates the other nodes' copies silently: subscribers get its
+//! `presence_diff` as the ordinary broadcast the tracking node made of it
+//! (published right after, so in order with the channel's other
+//! broadcasts). Only differences no broadcast carried — a reread after lost
+//! changes, a snapshot after an outage, a node gone — are sent as diffs by
+//! the receiving node itself.
 //!
 //! # Liveness
 //! Every tick (a fifth of `node_timeout_ms`, at most 1 s) a node rewrites
@@ -671,7 +677,11 @@ fn receive(shared: &Shared, channel: &str, bytes: &[u8]) {
         }
         (Message::Presence(change), Some(topic)) => {
             match registration.presence.apply_remote(topic, origin, &change) {
-                Ok(diff) if !diff.is_empty() => {
+                // A delta's `presence_diff` reaches subscribers as the
+                // broadcast the origin made of it, right behind this; a
+                // snapshot (after Redis was unreachable) has none, and its
+                // difference is what subscribers here missed.
+                Ok(diff) if change.snapshot && !diff.is_empty() => {
                     inbound.deliver(topic, event::PRESENCE_DIFF, &diff.to_payload());
                 }
                 Ok(_) => {}
