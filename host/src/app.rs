@@ -293,6 +293,10 @@ impl App {
 
 /// What other nodes of the cluster send the app.
 impl Inbound for App {
+    fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
     fn deliver(&self, topic: &str, event: &str, payload: &Payload) {
         let delivery = self.delivery(topic, event);
         self.pubsub.deliver(topic, event, payload, None, delivery);

@@ -66,6 +66,7 @@ mod replica;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use serde_json::{Map, Value};
 
@@ -118,12 +119,23 @@ struct Topic {
 }
 
 /// Another node's entries on one topic, as far as this node knows them.
-#[derive(Default)]
 struct Remote {
     /// The op of the last of its changes applied (see `replica`).
     v: u64,
     /// Its entries: seq → key.
     entries: HashMap<u64, Arc<str>>,
+    /// When its last change was applied here.
+    at: Instant,
+}
+
+impl Default for Remote {
+    fn default() -> Self {
+        Self {
+            v: 0,
+            entries: HashMap::new(),
+            at: Instant::now(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Presence {
@@ -362,6 +374,7 @@ impl Presence {
         } else {
             let remote = state.remote.entry(node).or_default();
             remote.v = change.op;
+            remote.at = Instant::now();
             let mut removed = Vec::new();
             for seq in &change.leaves {
                 if let Some(key) = remote.entries.remove(seq) {
@@ -389,15 +402,17 @@ impl Presence {
 
     /// Applies the state of `topic` read from the broker: each node's
     /// entries and the op they are as of. Where that is newer than what
-    /// this node applied, it replaces it. `authoritative`: the broker's
-    /// data is intact, so a node it has nothing for has no entries (its
-    /// leave was missed); otherwise such nodes are left to their own
-    /// snapshots and to liveness.
+    /// this node applied, it replaces it. `read_since`: the broker's data
+    /// is intact and was read after this instant, so a node it had nothing
+    /// for has no entries (its leave was missed) — unless one of its
+    /// changes was applied here after that instant (it wrote after the
+    /// read); without it, such nodes are left to their own snapshots and to
+    /// liveness.
     pub fn apply_fetched(
         &self,
         topic: &str,
         fetched: &[(NodeId, u64, Vec<Entry>)],
-        authoritative: bool,
+        read_since: Option<Instant>,
     ) -> Diff {
         let mut diff = Diff::default();
         let mut topics = self.lock();
@@ -411,12 +426,14 @@ impl Presence {
                 state.replace_remote(*node, *v, entries, &mut diff);
             }
         }
-        if authoritative {
+        if let Some(since) = read_since {
             let gone: Vec<NodeId> = state
                 .remote
-                .keys()
-                .filter(|node| !fetched.iter().any(|(n, _, _)| n == *node))
-                .copied()
+                .iter()
+                .filter(|(node, remote)| {
+                    remote.at < since && !fetched.iter().any(|(n, _, _)| n == *node)
+                })
+                .map(|(node, _)| *node)
                 .collect();
             for node in gone {
                 state.clear_remote(node, &mut diff);
@@ -538,6 +555,7 @@ impl Topic {
         let mut remote = Remote {
             v,
             entries: HashMap::with_capacity(entries.len()),
+            at: Instant::now(),
         };
         for entry in entries {
             if !old.contains_key(&entry.seq) {
@@ -821,19 +839,24 @@ mod tests {
         a.track("t", a.owner(), "ada", meta(json!({})));
         let join = log.take().pop().unwrap().1;
         let fetched = vec![(a.node(), join.op, join.joins.clone())];
-        assert_eq!(b.apply_fetched("t", &fetched, true).joins.len(), 1);
+        let read = Instant::now();
+        assert_eq!(b.apply_fetched("t", &fetched, Some(read)).joins.len(), 1);
         // The same change arriving after the fetch is not applied twice.
         assert!(b.apply_remote("t", a.node(), &join).unwrap().is_empty());
         assert_eq!(b.count("t"), 1);
-        // An older fetch changes nothing; a non-authoritative empty one neither.
+        // An older fetch changes nothing; one without `read_since` neither.
         assert!(
-            b.apply_fetched("t", &[(a.node(), 0, vec![])], true)
+            b.apply_fetched("t", &[(a.node(), 0, vec![])], Some(read))
                 .is_empty()
         );
-        assert!(b.apply_fetched("t", &[], false).is_empty());
+        assert!(b.apply_fetched("t", &[], None).is_empty());
+        // Read before a's last change was applied here: a stays.
+        assert!(b.apply_fetched("t", &[], Some(read)).is_empty());
         assert_eq!(b.count("t"), 1);
-        // Authoritative and without a: a's entries leave.
-        assert_eq!(b.apply_fetched("t", &[], true).leaves.len(), 1);
+        // Read after it, and without a: a's entries leave.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = Instant::now();
+        assert_eq!(b.apply_fetched("t", &[], Some(later)).leaves.len(), 1);
         assert_eq!(b.count("t"), 0);
     }
 

@@ -72,6 +72,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What the broker hands to an app: what other nodes sent it.
 pub trait Inbound: Send + Sync {
+    /// The app's presence tracker, which keeps the other nodes' entries.
+    fn presence(&self) -> &crate::presence::Presence;
     /// Delivers a broadcast from another node to this node's subscribers
     /// (fastlane or `handle_out`, as for a local broadcast).
     fn deliver(&self, topic: &str, event: &str, payload: &Payload);

@@ -112,12 +112,12 @@ struct Shared {
     next_registration: AtomicU64,
 }
 
-/// An app that joined the broker.
+/// An app that joined the broker. Weak: the app owns its broker, not the
+/// other way round.
 #[derive(Clone)]
 struct Registration {
     id: u64,
     inbound: Weak<dyn Inbound>,
-    presence: Presence,
 }
 
 /// A Redis channel this node subscribes to, or did.
@@ -289,19 +289,14 @@ impl RedisBroker {
         presence: &Presence,
         inbound: Weak<dyn Inbound>,
     ) -> Arc<dyn Broker> {
+        // `inbound` is the app that owns `presence`: presence is reached
+        // through it, so the registry holds nothing of the app strongly.
         let app: Arc<str> = app.into();
         let id = self
             .shared
             .next_registration
             .fetch_add(1, Ordering::Relaxed);
-        lock(&self.shared.apps).insert(
-            app.clone(),
-            Registration {
-                id,
-                inbound,
-                presence: presence.clone(),
-            },
-        );
+        lock(&self.shared.apps).insert(app.clone(), Registration { id, inbound });
         let broker = Arc::new(AppBroker {
             app: app.clone(),
             shared: self.shared.clone(),
@@ -521,10 +516,17 @@ impl Shared {
         }
     }
 
-    fn registration(&self, app: &str) -> Option<(Registration, Arc<dyn Inbound>)> {
-        let registration = lock(&self.apps).get(app)?.clone();
-        let inbound = registration.inbound.upgrade()?;
-        Some((registration, inbound))
+    /// The live app called `app`.
+    fn inbound(&self, app: &str) -> Option<Arc<dyn Inbound>> {
+        lock(&self.apps).get(app)?.inbound.upgrade()
+    }
+
+    /// Every live app.
+    fn inbounds(&self) -> Vec<(Arc<str>, Arc<dyn Inbound>)> {
+        lock(&self.apps)
+            .iter()
+            .filter_map(|(name, r)| Some((name.clone(), r.inbound.upgrade()?)))
+            .collect()
     }
 
     /// `<prefix>:<app>:` + `t:<topic>` or `ctl` → the app and the topic
@@ -667,7 +669,7 @@ fn receive(shared: &Shared, channel: &str, bytes: &[u8]) {
     {
         return;
     }
-    let Some((registration, inbound)) = shared.registration(app) else {
+    let Some(inbound) = shared.inbound(app) else {
         return;
     };
     shared.stats.received.fetch_add(1, Ordering::Relaxed);
@@ -676,7 +678,7 @@ fn receive(shared: &Shared, channel: &str, bytes: &[u8]) {
             inbound.deliver(topic, &event, &payload);
         }
         (Message::Presence(change), Some(topic)) => {
-            match registration.presence.apply_remote(topic, origin, &change) {
+            match inbound.presence().apply_remote(topic, origin, &change) {
                 // A delta's `presence_diff` reaches subscribers as the
                 // broadcast the origin made of it, right behind this; a
                 // snapshot (after Redis was unreachable) has none, and its
@@ -786,8 +788,8 @@ async fn update_subscriptions(shared: &Shared, changed: Vec<String>) {
             }
         }
         for (app, topic) in forget {
-            if let Some((registration, _)) = shared.registration(&app) {
-                registration.presence.forget_remote(&topic);
+            if let Some(inbound) = shared.inbound(&app) {
+                inbound.presence().forget_remote(&topic);
             }
         }
     }
@@ -841,6 +843,7 @@ async fn read_presence(shared: &Shared, channels: &[String], authoritative: bool
             })
             .collect()
     };
+    let read_since = Instant::now();
     let fetched = if topics.is_empty() {
         Some(Vec::new())
     } else {
@@ -849,12 +852,13 @@ async fn read_presence(shared: &Shared, channels: &[String], authoritative: bool
     let mut diffs = Vec::new();
     if let Some(fetched) = &fetched {
         for ((channel, app, topic), nodes) in topics.iter().zip(fetched) {
-            let Some((registration, inbound)) = shared.registration(app) else {
+            let Some(inbound) = shared.inbound(app) else {
                 continue;
             };
-            let diff = registration
-                .presence
-                .apply_fetched(topic, nodes, authoritative);
+            let diff =
+                inbound
+                    .presence()
+                    .apply_fetched(topic, nodes, authoritative.then_some(read_since));
             diffs.push((channel.clone(), inbound, topic.clone(), diff));
         }
     }
@@ -1024,18 +1028,15 @@ async fn update_subscriptions_all(shared: &Shared, wanted: Vec<String>, intact: 
 /// (`all`) or only of those whose writes were dropped.
 fn republish(shared: &Shared, all: bool) {
     let dirty = std::mem::take(&mut *lock(&shared.dirty));
-    let apps: Vec<(Arc<str>, Registration)> = lock(&shared.apps)
-        .iter()
-        .map(|(name, r)| (name.clone(), r.clone()))
-        .collect();
-    for (name, registration) in apps {
+    for (name, inbound) in shared.inbounds() {
+        let presence = inbound.presence();
         let mut topics: HashSet<String> = dirty.get(&name).cloned().unwrap_or_default();
         if all {
-            topics.extend(registration.presence.local_topics());
+            topics.extend(presence.local_topics());
         }
         if !topics.is_empty() {
             let topics: Vec<String> = topics.into_iter().collect();
-            registration.presence.republish(&topics);
+            presence.republish(&topics);
         }
     }
 }
@@ -1126,18 +1127,11 @@ async fn node_gone(shared: &Shared, node: NodeId) {
         node = node.hex(),
         "cluster node gone: removing its presence"
     );
-    let apps: Vec<(Arc<str>, Registration)> = lock(&shared.apps)
-        .iter()
-        .map(|(name, r)| (name.clone(), r.clone()))
-        .collect();
     let mut commands = shared.link.commands();
     let id = node.hex();
-    for (app, registration) in apps {
-        let left = registration.presence.drop_node(node);
-        if let Some(inbound) = registration.inbound.upgrade() {
-            for (topic, diff) in left {
-                inbound.deliver(&topic, event::PRESENCE_DIFF, &diff.to_payload());
-            }
+    for (app, inbound) in shared.inbounds() {
+        for (topic, diff) in inbound.presence().drop_node(node) {
+            inbound.deliver(&topic, event::PRESENCE_DIFF, &diff.to_payload());
         }
         // Its keys in Redis, so nodes that subscribe later do not read them.
         let index = shared.link.app_key(&app, &format!("presence-topics:{id}"));
