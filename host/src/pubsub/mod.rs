@@ -170,10 +170,6 @@ impl PubSub {
         self.broker.ready(topic).wait().await;
     }
 
-    /// Whether this node has subscribers on `topic`.
-    pub fn has_subscribers(&self, topic: &str) -> bool {
-        self.lock().contains_key(topic)
-    }
 
     /// Turns the subscription a joining channel made with a holding mailbox
     /// into `subscriber` (with the socket's own mailbox), first moving what

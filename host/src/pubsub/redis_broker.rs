@@ -996,6 +996,14 @@ async fn resync(shared: &Shared, intact: bool) {
         }
     }
     update_subscriptions_all(shared, wanted, intact).await;
+    // Unsubscribes that failed while Redis was away (a reconnect would
+    // subscribe to them again).
+    let unwanted: Vec<String> = lock(&shared.channels)
+        .iter()
+        .filter(|(_, state)| !state.wanted)
+        .map(|(channel, _)| channel.clone())
+        .collect();
+    update_subscriptions(shared, unwanted).await;
 }
 
 /// Like `update_subscriptions` for a resync: every channel is subscribed
