@@ -170,7 +170,6 @@ impl PubSub {
         self.broker.ready(topic).wait().await;
     }
 
-
     /// Turns the subscription a joining channel made with a holding mailbox
     /// into `subscriber` (with the socket's own mailbox), first moving what
     /// the holding mailbox caught into it. Under the lock, so no broadcast
