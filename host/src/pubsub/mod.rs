@@ -396,4 +396,51 @@ mod tests {
         pubsub.unsubscribe("t", 1);
         assert!(pubsub.lock().is_empty());
     }
+
+    /// Records what a PubSub asks of its broker.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<String>>);
+
+    impl Broker for Recording {
+        fn subscribe(&self, topic: &str) {
+            self.0.lock().unwrap().push(format!("subscribe {topic}"));
+        }
+        fn unsubscribe(&self, topic: &str) {
+            self.0.lock().unwrap().push(format!("unsubscribe {topic}"));
+        }
+        fn ready(&self, _topic: &str) -> Ready {
+            Ready::now()
+        }
+        fn publish(&self, topic: &str, event: &str, _payload: &Payload) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("publish {topic} {event}"));
+        }
+        fn disconnect<'a>(&'a self, _socket_id: &'a str) -> BoxFuture<'a, usize> {
+            Box::pin(std::future::ready(0))
+        }
+    }
+
+    #[test]
+    fn the_broker_hears_first_and_last_subscribers_and_one_publish_per_broadcast() {
+        let broker = Arc::new(Recording::default());
+        let pubsub = PubSub::new(broker.clone());
+        let (a, a_box) = subscriber(1, Serializer::V2);
+        let (b, b_box) = subscriber(2, Serializer::V2);
+        pubsub.subscribe("t", a);
+        pubsub.subscribe("t", b);
+        // broadcast_from by socket 1: skipped here only; the other nodes
+        // get it once, for all their subscribers.
+        let reached = pubsub.broadcast("t", "e", &Payload::empty(), Some(1), Delivery::Fastlane);
+        assert_eq!(reached, 1);
+        assert!(frames(&a_box).is_empty());
+        assert_eq!(frames(&b_box).len(), 1);
+        pubsub.unsubscribe("t", 1);
+        pubsub.unsubscribe("t", 2);
+        assert_eq!(
+            *broker.0.lock().unwrap(),
+            ["subscribe t", "publish t e", "unsubscribe t"]
+        );
+    }
 }
