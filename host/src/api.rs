@@ -5,9 +5,16 @@
 //!   plugin's broadcast (`Endpoint.broadcast` in Phoenix), `handle_out`
 //!   interception included; answers how many subscribers it reached.
 //! - `POST /api/apps/<app>/disconnect` `{"socket_id": "users_socket:<sub>"}`:
-//!   closes all of that user's sockets with a code that makes them reconnect.
-//! - `GET /api/apps/<app>/status`: plugins (version, load time, last reload
-//!   error), sockets and channels.
+//!   closes all of that user's sockets with a code that makes them
+//!   reconnect, on every node of a cluster; answers how many sockets closed
+//!   here and how many other nodes were told.
+//! - `GET /api/apps/<app>/status`: the node that answered, plugins
+//!   (version, load time, last reload error), sockets and channels (this
+//!   node's), and in a cluster its view of the cluster (Redis reachable or
+//!   degraded, the nodes alive, messages published, dropped, received).
+//!
+//! In a cluster, broadcasts and disconnects reach every node; the counts
+//! in answers are this node's.
 //!
 //! And `GET /health` for load balancers, unauthenticated.
 
@@ -142,13 +149,17 @@ async fn disconnect(
 ) -> Result<Json<Value>, ApiError> {
     let app = authorized(&apps, &name, &headers)?;
     let Json(request) = body.map_err(rejected)?;
-    let sockets = app.disconnect(&request.socket_id);
+    let (sockets, nodes) = app.disconnect_everywhere(&request.socket_id).await;
     tracing::info!(
         app = name,
         socket_id = request.socket_id,
         sockets,
+        nodes,
         "disconnected through the api"
     );
+    if apps.broker().is_some() {
+        return Ok(Json(json!({ "sockets": sockets, "nodes": nodes })));
+    }
     Ok(Json(json!({ "sockets": sockets })))
 }
 
@@ -160,11 +171,19 @@ async fn status(
     let app = authorized(&apps, &name, &headers)?;
     let state = app.state();
     let plugins: Vec<_> = state.router().slots().map(|slot| slot.status()).collect();
-    Ok(Json(json!({
+    let mut status = json!({
         "app": &**app.name(),
+        "node": apps.node(),
         "mount": state.config().mount,
         "sockets": app.socket_count(),
         "channels": app.channel_count(),
         "plugins": plugins,
-    })))
+    });
+    if let (Some(cluster), Value::Object(map)) = (apps.cluster_status(), &mut status) {
+        map.insert(
+            "cluster".into(),
+            serde_json::to_value(cluster).unwrap_or(Value::Null),
+        );
+    }
+    Ok(Json(status))
 }

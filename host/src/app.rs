@@ -6,7 +6,10 @@
 //! [`App::broadcast`] is the one way to broadcast (plugins, presence diffs
 //! and the HTTP API all go through it): it decides here, from the topic's
 //! route, whether the event takes the fastlane or each subscriber's
-//! `handle_out`.
+//! `handle_out`, delivers to this node's subscribers, and hands the event to
+//! the app's broker for the other nodes of a cluster. What other nodes
+//! broadcast arrives through [`Inbound`] and is delivered the same way,
+//! decided by this node's routes.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,7 +24,7 @@ use crate::mailbox::{Close, Command, Mailbox};
 use crate::metrics::AppMetrics;
 use crate::presence::Presence;
 use crate::protocol::{Payload, TopicPattern};
-use crate::pubsub::{Delivery, PubSub};
+use crate::pubsub::{Delivery, Inbound, PubSub, RedisBroker};
 use crate::runtime::{Compiled, Plugin, PluginSlot, Runtime, TimerBudget};
 use crate::storage::{Kv, Quotas, Storage};
 
@@ -148,17 +151,43 @@ pub fn grants(config: &AppConfig, app: &str, plugin: &Compiled) -> anyhow::Resul
 }
 
 impl App {
-    /// An app whose metrics are registered nowhere (tests).
+    /// An app on a single node whose metrics are registered nowhere (tests).
     pub fn new(name: &str, state: AppState) -> Self {
         Self::with_metrics(name, state, AppMetrics::unregistered())
     }
 
-    /// An app counting into `metrics`.
+    /// An app on a single node (in-process pub/sub) counting into `metrics`.
     pub fn with_metrics(name: &str, state: AppState, metrics: AppMetrics) -> Self {
+        Self::with(name, state, metrics, PubSub::default(), Presence::default())
+    }
+
+    /// An app on one node of a cluster: broadcasts and presence reach the
+    /// other nodes through `broker`, and theirs reach this app.
+    pub fn clustered(
+        name: &str,
+        state: AppState,
+        metrics: AppMetrics,
+        broker: &RedisBroker,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me: &std::sync::Weak<App>| {
+            let presence = Presence::for_node(broker.node());
+            let inbound: std::sync::Weak<dyn Inbound> = me.clone();
+            let pubsub = PubSub::new(broker.join_app(name, &presence, inbound));
+            Self::with(name, state, metrics, pubsub, presence)
+        })
+    }
+
+    fn with(
+        name: &str,
+        state: AppState,
+        metrics: AppMetrics,
+        pubsub: PubSub,
+        presence: Presence,
+    ) -> Self {
         Self {
             name: name.into(),
-            pubsub: PubSub::default(),
-            presence: Presence::default(),
+            pubsub,
+            presence,
             state: ArcSwap::from_pointee(state),
             sockets: Mutex::new(HashMap::new()),
             connections: AtomicUsize::new(0),
@@ -287,9 +316,19 @@ impl App {
         self.connections.load(Ordering::Relaxed)
     }
 
+    /// Closes every socket with this socket id on every node of the
+    /// cluster: this node's (how many), and how many other nodes were told.
+    pub async fn disconnect_everywhere(&self, socket_id: &str) -> (usize, usize) {
+        let local = self.disconnect(socket_id);
+        let nodes = self.pubsub.broker().disconnect(socket_id).await;
+        (local, nodes)
+    }
+
     /// Broadcasts to the app's subscribers of `topic` (all but the socket
-    /// `except`), through `handle_out` when the topic's plugin intercepts the
-    /// event. Returns how many subscribers it reached.
+    /// `except`, which is this node's), through `handle_out` when the
+    /// topic's plugin intercepts the event, then to the other nodes' (all
+    /// of them: `except` is a socket here). Returns how many of this node's
+    /// subscribers it reached.
     pub fn broadcast(
         &self,
         topic: &str,
@@ -297,20 +336,27 @@ impl App {
         payload: &Payload,
         except: Option<u64>,
     ) -> usize {
+        let delivery = self.delivery(topic, event);
+        let reached = self
+            .pubsub
+            .broadcast(topic, event, payload, except, delivery);
+        self.metrics.broadcast(reached);
+        reached
+    }
+
+    /// Fastlane, or `handle_out` if the topic's plugin intercepts the event.
+    fn delivery(&self, topic: &str, event: &str) -> Delivery {
         let intercepted = self
             .state
             .load()
             .router
             .route(topic)
             .is_some_and(|slot| slot.current().intercepts(event));
-        let delivery = if intercepted {
+        if intercepted {
             Delivery::Intercepted
         } else {
             Delivery::Fastlane
-        };
-        let reached = self.pubsub.deliver(topic, event, payload, except, delivery);
-        self.metrics.broadcast(reached);
-        reached
+        }
     }
 
     /// Bytes queued in the mailboxes of the app's sockets now. Walks every
@@ -331,6 +377,25 @@ impl App {
     fn lock_sockets(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SocketEntry>> {
         // Single-step updates: a poisoned map is still consistent.
         self.sockets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What other nodes of the cluster send the app.
+impl Inbound for App {
+    fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    fn deliver(&self, topic: &str, event: &str, payload: &Payload) {
+        let delivery = self.delivery(topic, event);
+        self.pubsub.deliver(topic, event, payload, None, delivery);
+    }
+
+    fn disconnect(&self, socket_id: &str) {
+        let closed = App::disconnect(self, socket_id);
+        if closed > 0 {
+            tracing::info!(app = %self.name, socket_id, sockets = closed, "disconnected on another node's request");
+        }
     }
 }
 

@@ -2,6 +2,9 @@
 //! connections (serializer, capacity, token), and applying a new set of app
 //! configs while the server runs.
 //!
+//! In a cluster, the registry holds the server's broker and every app it
+//! starts joins it ([`App::clustered`]).
+//!
 //! Capacity is taken, not checked: a connection holds a permit of the
 //! server-wide semaphore (`server.max_connections`), one of its app's
 //! (`limits.max_connections`) and one of its client address's (`clients`)
@@ -21,10 +24,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::app::{App, AppPermit, AppState};
 use crate::auth::{self, Identity};
 use crate::clients::{ClientPermit, Clients, Refusal};
-use crate::config::AppConfig;
+use crate::config::{AppConfig, ServerConfig};
 use crate::mailbox::Close;
 use crate::metrics::{ConnectionGauge, refusal};
 use crate::protocol::Serializer;
+use crate::pubsub::{ClusterStatus, RedisBroker};
 use crate::runtime::Runtime;
 use crate::storage::Storage;
 
@@ -50,6 +54,10 @@ struct Shared {
     admitting: std::sync::Mutex<()>,
     /// Per-client-address limits.
     clients: Clients,
+    /// This node's name (`server.node`).
+    node: Arc<str>,
+    /// The cluster's broker; none on a single node.
+    broker: Option<RedisBroker>,
 }
 
 /// A connection let in: how to talk to it, who it is, and its place in the
@@ -90,12 +98,16 @@ impl ConnectionPermit {
 }
 
 impl Apps {
+    /// The apps of the node `server` configures, in the cluster of `broker`
+    /// if any.
     pub fn new(
         runtime: Runtime,
         storage: Storage,
-        max_connections: usize,
         clients: Clients,
+        server: &ServerConfig,
+        broker: Option<RedisBroker>,
     ) -> Self {
+        let max_connections = server.max_connections;
         Self {
             shared: Arc::new(Shared {
                 admitting: std::sync::Mutex::new(()),
@@ -106,8 +118,25 @@ impl Apps {
                 applying: tokio::sync::Mutex::new(()),
                 connections: Arc::new(Semaphore::new(max_connections)),
                 max_connections,
+                node: server.node.as_str().into(),
+                broker,
             }),
         }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// The cluster's broker, if this node is in one.
+    pub fn broker(&self) -> Option<&RedisBroker> {
+        self.shared.broker.as_ref()
+    }
+
+    /// The cluster as this node sees it; none on a single node.
+    pub fn cluster_status(&self) -> Option<ClusterStatus> {
+        self.shared.broker.as_ref().map(RedisBroker::status)
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -257,11 +286,13 @@ impl Apps {
             .with_context(|| format!("app `{name}`"))?;
             match current {
                 Some(app) => changed.push((app.clone(), state)),
-                None => added.push(Arc::new(App::with_metrics(
-                    &name,
-                    state,
-                    self.runtime().metrics().app(&name),
-                ))),
+                None => {
+                    let metrics = self.runtime().metrics().app(&name);
+                    added.push(match &self.shared.broker {
+                        Some(broker) => App::clustered(&name, state, metrics, broker),
+                        None => Arc::new(App::with_metrics(&name, state, metrics)),
+                    });
+                }
             }
         }
         let mut mounts = HashMap::new();

@@ -13,6 +13,9 @@
 //! "room:*" = "plugins/target/wasm32-wasip2/release/room_chat.wasm"
 //! ```
 //!
+//! With `[cluster] redis = "redis://…"`, nodes that share the Redis and the
+//! app names serve as one server (see [`ClusterConfig`]).
+//!
 //! Everything is validated by [`Config::load`] before the server starts, with
 //! messages naming the app, the key and the problem. Plugin paths and
 //! `static` directories are relative to the config file's directory.
@@ -42,6 +45,9 @@ pub struct Config {
     /// Apps by name.
     #[serde(default)]
     pub apps: BTreeMap<String, AppConfig>,
+    /// Absent: a single node, with in-process pub/sub.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     /// The file this config was read from; hot reload watches it.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -52,7 +58,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// This node's name, passed to plugins (`node-name`).
+    /// This node's name, passed to plugins (`node-name`), and how the
+    /// cluster's status lists it; `--node NAME` overrides it.
     pub node: String,
     /// Reload plugins and this config when their files change.
     pub watch: bool,
@@ -142,6 +149,63 @@ impl ServerConfig {
 
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
+    }
+}
+
+/// `[cluster]`: the nodes that share one Redis (and the same app names)
+/// serve as one server. Taken at start; changing it takes a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The Redis every node uses, `redis://[user:password@]host:port[/db]`.
+    pub redis: String,
+    /// The start of every Redis key and channel name Roost uses; nodes of
+    /// one cluster share it, and different clusters may share a Redis by
+    /// using different ones.
+    pub prefix: String,
+    /// A node not heard from for this long is gone: its presence entries
+    /// leave on every other node. Nodes check in several times within it.
+    pub node_timeout_ms: u64,
+    /// Messages waiting to be published to Redis, all apps together; when
+    /// Redis is slow or down, what does not fit is dropped and counted
+    /// (local subscribers already have it).
+    pub publish_queue: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis: String::new(),
+            prefix: "roost".into(),
+            node_timeout_ms: 10_000,
+            publish_queue: 10_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn node_timeout(&self) -> Duration {
+        Duration::from_millis(self.node_timeout_ms)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        // No TLS (`rediss://`): the redis crate's TLS features are not built in.
+        if !self.redis.starts_with("redis://") {
+            bail!(
+                "key `redis`: `{}` must be a `redis://host:port` URL",
+                self.redis
+            );
+        }
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            bail!("key `prefix`: must be a non-empty word");
+        }
+        if !(500..=600_000).contains(&self.node_timeout_ms) {
+            bail!("key `node_timeout_ms`: must be between 500 and 600000");
+        }
+        if self.publish_queue == 0 {
+            bail!("key `publish_queue`: must be greater than zero");
+        }
+        Ok(())
     }
 }
 
@@ -474,6 +538,9 @@ impl Config {
         if config.apps.is_empty() {
             bail!("no apps: add an `[apps.<name>]` table");
         }
+        if let Some(cluster) = &config.cluster {
+            cluster.validate().context("[cluster]")?;
+        }
         validate_web_paths(&mut config.apps, base)?;
         Ok(config)
     }
@@ -598,6 +665,31 @@ mod tests {
         assert_eq!(demo.routes["ping"], Path::new("/srv/p/ping.wasm"));
         assert_eq!(demo.routes["room:*"], Path::new("/abs/room.wasm"));
         assert_eq!(demo.limits.channels_per_socket, 100);
+    }
+
+    #[test]
+    fn a_cluster_section_has_defaults_and_is_validated() {
+        let app = "[apps.a]\nmount = \"/a\"\nroutes = { x = \"x.wasm\" }\n";
+        assert!(parse(app).unwrap().cluster.is_none());
+        let config = parse(&format!(
+            "{app}[cluster]\nredis = \"redis://127.0.0.1:6379\"\n"
+        ))
+        .unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.prefix, "roost");
+        assert_eq!(cluster.node_timeout(), Duration::from_secs(10));
+        let e = error(&format!("{app}[cluster]\nredis = \"localhost\"\n"));
+        assert!(e.contains("[cluster]: key `redis`"), "{e}");
+        let e = error(&format!(
+            "{app}[cluster]\nredis = \"redis://h:1\"\nnode_timeout_ms = 1\n"
+        ));
+        assert!(e.contains("node_timeout_ms"), "{e}");
+        assert!(
+            error(&format!(
+                "{app}[cluster]\nredis = \"redis://h:1\"\nnodes = 2\n"
+            ))
+            .contains("unknown field")
+        );
     }
 
     #[test]

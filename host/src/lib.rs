@@ -11,7 +11,7 @@
 //! - [`app`]: one app — its state (config, routes), pub/sub, presence,
 //!   sockets — and [`app::App::broadcast`], the one way to broadcast.
 //! - [`listener`]: accepting HTTP connections (header-read timeout, peer
-//!   address, per-address cap on connections reading their request).
+//!   address, per-address cap on HTTP connections).
 //! - [`clients`]: limits per client address (open sockets, connection rate).
 //! - [`auth`]: origin checks and token verification at connect.
 //! - [`transport`]: the WebSocket and long-poll adapters onto the socket loop.
@@ -21,7 +21,10 @@
 //!   codes.
 //! - [`channel`]: which plugin serves a topic.
 //! - [`runtime`]: wasmtime, compiled plugins, warm instances, host imports.
-//! - [`pubsub`]: per-app subscriptions and encode-once fan-out.
+//! - [`pubsub`]: per-app subscriptions and encode-once fan-out, and the
+//!   broker that carries broadcasts and presence to the other nodes of a
+//!   cluster (in-process by default, Redis with `[cluster]`).
+//! - [`cluster`]: the link to the cluster's Redis, shared by its users.
 //! - [`presence`]: per-app presence tracking and Phoenix presence diffs.
 //! - [`storage`]: plugins' key-value storage, one namespace per app.
 //! - [`protocol`]: the wire formats and topic patterns — pure code, no I/O.
@@ -54,7 +57,9 @@
 //! 4. **pubsub** — a broadcast goes through [`app::App::broadcast`]:
 //!    encoded once per serializer, the same bytes posted to every
 //!    subscriber's mailbox, unless the plugin intercepts the event, in which
-//!    case each subscriber's session gets a command to run `handle_out`.
+//!    case each subscriber's session gets a command to run `handle_out`. In
+//!    a cluster it is then published to Redis once, and every other node
+//!    with subscribers on the topic fans it out the same way.
 //! 5. **subscribers** — each socket's loop writes what its mailbox holds,
 //!    several frames per flush; a client too slow to keep its mailbox under
 //!    the cap is disconnected (1008).
@@ -68,6 +73,7 @@ pub mod apps;
 pub mod auth;
 pub mod channel;
 pub mod clients;
+pub mod cluster;
 pub mod config;
 pub mod listener;
 pub mod mailbox;

@@ -33,6 +33,10 @@ enum Command {
         /// Listen on this address instead of the config's `server.listen`.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// This node's name instead of the config's `server.node` (in a
+        /// cluster, each node has its own).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Print a token (HS256 JWT) signed with an app's first secret.
     Token {
@@ -119,10 +123,17 @@ async fn main() -> anyhow::Result<()> {
             &config,
             app.as_deref(),
         ),
-        Command::Serve { config, listen } => {
+        Command::Serve {
+            config,
+            listen,
+            node,
+        } => {
             let mut config = Config::load(&config)?;
             if let Some(listen) = listen {
                 config.server.listen = listen;
+            }
+            if let Some(node) = node {
+                config.server.node = node;
             }
             let running = server::start(config).await?;
             let signal = shutdown_signal().await?;

@@ -1,7 +1,8 @@
 //! The composition root: builds every part of a running server from the
 //! config and wires them together — the metrics, the plugin runtime, the
-//! apps registry, the shutdown, the transports, the HTTP API, the admin side
-//! (dashboard, `/metrics`) and the file watcher — then
+//! storage, the cluster broker (with `[cluster]`), the apps registry, the
+//! shutdown, the per-address limits, the transports, the HTTP API, the admin
+//! side (dashboard, `/metrics`), the file watcher and the listener — then
 //! serves HTTP until shut down. Only `main` and the tests use this module;
 //! every other module is given just the parts it uses.
 
@@ -21,9 +22,12 @@ use crate::api;
 use crate::app::App;
 use crate::apps::Apps;
 use crate::clients::Clients;
+use crate::cluster::RedisLink;
 use crate::config::{Config, ServerConfig};
 use crate::listener;
 use crate::metrics::Metrics;
+use crate::presence::NodeId;
+use crate::pubsub::RedisBroker;
 use crate::reload;
 use crate::runtime::Runtime;
 use crate::shutdown::Shutdown;
@@ -72,6 +76,11 @@ impl Running {
                 self.drain_timeout
             );
         }
+        // After the sockets: their channels' leaves still reach the other
+        // nodes. The broker's tasks are not tracked for that reason.
+        if let Some(broker) = self.apps.broker() {
+            broker.stop().await;
+        }
         // Once every connection is gone, the listener's own graceful
         // shutdown has nothing left to wait for.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.serve).await;
@@ -88,14 +97,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.server.cache_dir(),
         metrics.clone(),
     )?;
-    let storage = Storage::new(config.server.data_dir.clone());
     let clients = Clients::new(&config.server);
-    let apps = Apps::new(
-        runtime,
-        storage,
-        config.server.max_connections,
-        clients.clone(),
-    );
+    let data_dir = config.server.data_dir.clone();
+    // In a cluster, one link to Redis carries broadcasts, presence and
+    // plugin storage alike.
+    let (storage, broker) = match &config.cluster {
+        Some(cluster) => {
+            let link = RedisLink::new(cluster)?;
+            let node = NodeId::random();
+            let broker = RedisBroker::start(link.clone(), cluster, node, &config.server.node)?;
+            (Storage::clustered(data_dir, link), Some(broker))
+        }
+        None => (Storage::new(data_dir), None),
+    };
+    let apps = Apps::new(runtime, storage, clients.clone(), &config.server, broker);
     let shutdown = Shutdown::default();
     apps.apply(config.apps).await?;
     if config.server.watch {

@@ -4,6 +4,7 @@
 mod admin;
 mod apps;
 mod channels;
+mod cluster;
 mod hardening;
 mod longpoll;
 mod presence;

@@ -1,12 +1,13 @@
 //! Key-value storage from real guests: the room chat's history (stored on
 //! every message, pushed after the join reply, caught up with
 //! `last_seen_id`, kept across a restart), the `store` fixture for
-//! namespaces, quotas and expiry, and the capability an app must grant.
+//! namespaces, quotas and expiry — each on the embedded store and on a
+//! cluster's Redis — and the capability an app must grant.
 
 use std::time::Duration;
 
 use roost_host::config::Config;
-use roost_tests::{Client, TestServer, plugin};
+use roost_tests::{Client, Redis, TestServer, plugin};
 use serde_json::{Value, json};
 
 /// Joins `room` as `user` (with extra join params) and returns the
@@ -155,9 +156,41 @@ async fn store_client(server: &TestServer, mount: &str) -> Client {
     c
 }
 
+/// Where a storage test's keys live.
+#[derive(Clone, Copy)]
+enum Backend {
+    Embedded,
+    /// A one-node cluster on a Redis of the test's own.
+    Redis,
+}
+
+/// A server of `config` on `backend`, and its Redis if any; `None` when
+/// Redis is asked for and not installed (see [`Redis::start`]).
+async fn server_on(backend: Backend, config: &str) -> Option<(TestServer, Option<Redis>)> {
+    match backend {
+        Backend::Embedded => Some((TestServer::with_config(config).await, None)),
+        Backend::Redis => {
+            let redis = Redis::start().await?;
+            let config = format!("{config}\n[cluster]\nredis = \"{}\"\n", redis.url());
+            Some((TestServer::with_config(&config).await, Some(redis)))
+        }
+    }
+}
+
 #[tokio::test]
-async fn get_set_delete_increment_list_and_expiry() {
-    let server = TestServer::demo().await;
+async fn get_set_delete_increment_list_and_expiry_embedded() {
+    get_set_delete_increment_list_and_expiry(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn get_set_delete_increment_list_and_expiry_on_redis() {
+    get_set_delete_increment_list_and_expiry(Backend::Redis).await;
+}
+
+async fn get_set_delete_increment_list_and_expiry(backend: Backend) {
+    let Some((server, _redis)) = server_on(backend, &roost_tests::demo_config()).await else {
+        return;
+    };
     let mut c = store_client(&server, "/socket").await;
     let ok = |response: Value| json!({ "response": response, "status": "ok" });
     assert_eq!(
@@ -221,14 +254,30 @@ async fn get_set_delete_increment_list_and_expiry() {
         store(&mut c, "16", "get", json!({"key": "t"})).await,
         ok(json!({"value": null}))
     );
+    assert_eq!(
+        store(&mut c, "17", "list", json!({"prefix": "t"})).await,
+        ok(json!({"keys": []})),
+        "an expired key is not listed"
+    );
     server.stop().await;
 }
 
 #[tokio::test]
-async fn quotas_are_errors_the_guest_sees_and_the_channel_survives() {
-    let server =
-        TestServer::demo_with("kv_max_keys = 2\nkv_max_value_bytes = 8\nkv_max_key_bytes = 4")
-            .await;
+async fn quotas_are_errors_the_guest_sees_and_the_channel_survives_embedded() {
+    quotas_are_errors_the_guest_sees_and_the_channel_survives(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn quotas_are_errors_the_guest_sees_and_the_channel_survives_on_redis() {
+    quotas_are_errors_the_guest_sees_and_the_channel_survives(Backend::Redis).await;
+}
+
+async fn quotas_are_errors_the_guest_sees_and_the_channel_survives(backend: Backend) {
+    let limits = "kv_max_keys = 2\nkv_max_value_bytes = 8\nkv_max_key_bytes = 4";
+    let Some((server, _redis)) = server_on(backend, &roost_tests::demo_config_with(limits)).await
+    else {
+        return;
+    };
     let mut c = store_client(&server, "/socket").await;
     let reason = |reply: Value| {
         assert_eq!(reply["status"], "error", "{reply}");
@@ -276,14 +325,25 @@ async fn quotas_are_errors_the_guest_sees_and_the_channel_survives() {
 }
 
 #[tokio::test]
-async fn an_app_cannot_read_another_apps_keys_whatever_key_it_asks_for() {
+async fn an_app_cannot_read_another_apps_keys_whatever_key_it_asks_for_embedded() {
+    an_app_cannot_read_another_apps_keys_whatever_key_it_asks_for(Backend::Embedded).await;
+}
+
+#[tokio::test]
+async fn an_app_cannot_read_another_apps_keys_whatever_key_it_asks_for_on_redis() {
+    an_app_cannot_read_another_apps_keys_whatever_key_it_asks_for(Backend::Redis).await;
+}
+
+async fn an_app_cannot_read_another_apps_keys_whatever_key_it_asks_for(backend: Backend) {
     let store_wasm = plugin("store").display().to_string();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\
          [apps.a]\nmount = \"/a\"\ncapabilities = {{ kv = true }}\n[apps.a.routes]\n\"store:*\" = \"{store_wasm}\"\n\
          [apps.b]\nmount = \"/b\"\ncapabilities = {{ kv = true }}\n[apps.b.routes]\n\"store:*\" = \"{store_wasm}\"\n"
     );
-    let server = TestServer::with_config(&config).await;
+    let Some((server, _redis)) = server_on(backend, &config).await else {
+        return;
+    };
     let (mut a, mut b) = (
         store_client(&server, "/a").await,
         store_client(&server, "/b").await,
@@ -385,4 +445,39 @@ async fn a_reload_to_a_build_that_needs_an_ungranted_capability_is_refused() {
     )
     .await;
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_store_that_does_not_answer_is_an_error_in_time_not_a_crash() {
+    // A "Redis" that accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("redis://{}", silent.local_addr().expect("addr"));
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let config = format!(
+        "{}\n[cluster]\nredis = \"{url}\"\n",
+        roost_tests::demo_config_with("call_deadline_ms = 500")
+    );
+    let server = TestServer::with_config(&config).await;
+    let mut c = store_client(&server, "/socket").await;
+    let started = std::time::Instant::now();
+    let reply = store(&mut c, "2", "set", json!({"key": "k", "value": "v"})).await;
+    assert_eq!(reply["status"], "error", "{reply}");
+    let reason = reply["response"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("unavailable:"), "{reason}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "within the deadline"
+    );
+    // The channel lives on.
+    let again = store(&mut c, "3", "get", json!({"key": "k"})).await;
+    assert_eq!(again["status"], "error", "{again}");
+    server.stop().await;
+    held.abort();
 }

@@ -15,14 +15,15 @@ use serde_json::{Map, Value};
 
 use crate::protocol::Payload;
 
-/// A random number naming one tracker on one node for as long as it runs,
-/// so refs made on different nodes (or by a restarted node) never collide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A random number naming one node for as long as it runs, so refs made on
+/// different nodes (or by a restarted node) never collide. In a cluster it
+/// is also how the other nodes tell this node's entries and messages apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId([u8; NodeId::LEN]);
 
 impl NodeId {
     /// 48 bits: two of 1,000 nodes share an id with odds of about 2e-9.
-    const LEN: usize = 6;
+    pub const LEN: usize = 6;
 
     /// A fresh random id.
     pub fn random() -> Self {
@@ -37,9 +38,30 @@ impl NodeId {
         Self(bytes)
     }
 
-    /// A fixed id, for tests that assert exact refs.
-    pub fn from_bytes(bytes: [u8; 6]) -> Self {
+    /// A fixed id, for tests that assert exact refs (and for decoding).
+    pub const fn from_bytes(bytes: [u8; 6]) -> Self {
         Self(bytes)
+    }
+
+    pub fn bytes(&self) -> [u8; Self::LEN] {
+        self.0
+    }
+
+    /// 12 lowercase hex digits: the id in Redis key names.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The inverse of [`NodeId::hex`].
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 2 * Self::LEN || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; Self::LEN];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(bytes))
     }
 }
 
@@ -192,6 +214,14 @@ mod tests {
     #[test]
     fn random_node_ids_differ() {
         assert_ne!(NodeId::random(), NodeId::random());
+    }
+
+    #[test]
+    fn node_ids_round_trip_through_hex() {
+        assert_eq!(NODE.hex(), "010203040506");
+        assert_eq!(NodeId::from_hex(&NODE.hex()), Some(NODE));
+        assert_eq!(NodeId::from_hex("01020304050"), None);
+        assert_eq!(NodeId::from_hex("0102030405zz"), None);
     }
 
     #[test]

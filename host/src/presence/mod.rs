@@ -40,14 +40,19 @@
 //! a holding outbox, released after the reply; see `Session::join`), so no
 //! diff falls between the `presence_state` it lists and its subscription.
 //!
-//! # Designed for a cluster
-//! State is per node and per app (one `Presence` per `App`, no globals).
-//! Each operation returns the [`Diff`] it made, which is what a
-//! broker-backed replication would publish; another node would keep the
-//! entries it hears about apart by node, and drop a node's entries when the
-//! node goes away. Refs carry a random per-run [`NodeId`], so refs made on
-//! different nodes, or before a restart, never collide. Today `list`
-//! answers with this node's entries only.
+//! # In a cluster
+//! State is per app (one `Presence` per `App`). With a [`Replicator`] set
+//! (the cluster broker), every change to this node's own entries is also
+//! handed to it as a [`Change`] (see `replica` for how changes are
+//! ordered), and the entries other nodes replicate are kept here too, apart
+//! by node ([`Presence::apply_remote`], [`Presence::apply_fetched`]), so
+//! `list` and `presence_state` show every node's users without asking the
+//! broker. A node that goes away has its entries dropped
+//! ([`Presence::drop_node`]). Refs carry the node's random [`NodeId`], so
+//! refs made on different nodes, or before a restart, never collide.
+//!
+//! A node keeps other nodes' entries only for topics it has subscribers on
+//! (the broker calls [`Presence::forget_remote`] when the last one leaves).
 //!
 //! # Cost
 //! An entry is a few hundred bytes (its meta text, shared by the state and
@@ -56,14 +61,17 @@
 //! burst of joins never rebuilds anything; only `list` walks a topic.
 
 mod diff;
+mod replica;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use serde_json::{Map, Value};
 
 pub use diff::{Diff, NodeId, Ref, meta_json, write_presences};
+pub use replica::{Change, Entry, Gap, Replicator};
 
 /// The channel an entry belongs to; made by [`Presence::owner`], one per
 /// joined channel (a rejoin of the same topic is a new owner).
@@ -81,21 +89,53 @@ struct Shared {
     /// The seq of the next ref; also orders a key's metas by tracking time.
     next_ref: AtomicU64,
     next_owner: AtomicU64,
-    /// Topics with at least one entry. One lock for the app: every
-    /// operation under it is short (no I/O, no guest code, no encoding of
-    /// anything but the one meta).
+    /// Topics with at least one entry (or other nodes' state). One lock
+    /// for the app: every operation under it is short (no I/O, no guest
+    /// code, no encoding of anything but the one meta).
     topics: Mutex<HashMap<String, Topic>>,
+    /// Where this node's changes go to reach other nodes; unset on a
+    /// single node. Set once, right after the tracker is made.
+    replicator: OnceLock<Arc<dyn Replicator>>,
 }
+
+/// Which entry a meta is: its seq, then its node (seqs order a key's metas
+/// by tracking time on one node).
+type EntryId = (u64, NodeId);
 
 /// One topic's entries.
 #[derive(Default)]
 struct Topic {
-    /// Key → its metas (as sent to clients, `phx_ref` included) by ref seq,
-    /// i.e. in tracking order, as Phoenix groups them.
-    keys: BTreeMap<Arc<str>, BTreeMap<u64, Arc<str>>>,
+    /// Key → its metas (as sent to clients, `phx_ref` included), this
+    /// node's and other nodes' alike, as Phoenix groups them.
+    keys: BTreeMap<Arc<str>, BTreeMap<EntryId, Arc<str>>>,
     /// Owner → the keys it tracks here and their seqs, so an update or an
     /// untrack finds its entry without scanning a crowded key.
     owners: HashMap<Owner, Vec<(Arc<str>, u64)>>,
+    /// The op of this node's last replicated change here; 0 when it has
+    /// no entries here.
+    local_op: u64,
+    /// What other nodes replicated here, by node.
+    remote: HashMap<NodeId, Remote>,
+}
+
+/// Another node's entries on one topic, as far as this node knows them.
+struct Remote {
+    /// The op of the last of its changes applied (see `replica`).
+    v: u64,
+    /// Its entries: seq → key.
+    entries: HashMap<u64, Arc<str>>,
+    /// When its last change was applied here.
+    at: Instant,
+}
+
+impl Default for Remote {
+    fn default() -> Self {
+        Self {
+            v: 0,
+            entries: HashMap::new(),
+            at: Instant::now(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Presence {
@@ -113,16 +153,39 @@ impl Default for Presence {
 }
 
 impl Presence {
-    /// A tracker whose refs carry `node`.
+    /// A tracker whose refs carry `node`, counting seqs from 1.
     pub fn new(node: NodeId) -> Self {
+        Self::starting_at(node, 1)
+    }
+
+    /// A tracker for one app on the node `node`: its seqs never meet those
+    /// of the node's other trackers (another app, or this app before it was
+    /// removed and added again), since they all share the node's id.
+    pub fn for_node(node: NodeId) -> Self {
+        Self::starting_at(node, replica::first_seq())
+    }
+
+    fn starting_at(node: NodeId, seq: u64) -> Self {
         Self {
             shared: Arc::new(Shared {
                 node,
-                next_ref: AtomicU64::new(1),
+                next_ref: AtomicU64::new(seq),
                 next_owner: AtomicU64::new(1),
                 topics: Mutex::new(HashMap::new()),
+                replicator: OnceLock::new(),
             }),
         }
+    }
+
+    /// The node whose refs this tracker makes.
+    pub fn node(&self) -> NodeId {
+        self.shared.node
+    }
+
+    /// Sends every later change of this node's entries to `replicator`.
+    /// Only the first call counts.
+    pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) {
+        let _ = self.shared.replicator.set(replicator);
     }
 
     /// A new owner, for a channel about to join.
@@ -136,6 +199,7 @@ impl Presence {
     /// `joins` and the old meta in `leaves`.
     pub fn track(&self, topic: &str, owner: Owner, key: &str, meta: Map<String, Value>) -> Diff {
         let seq = self.shared.next_ref.fetch_add(1, Ordering::Relaxed);
+        let node = self.shared.node;
         let mut topics = self.lock();
         if !topics.contains_key(topic) {
             topics.insert(topic.to_owned(), Topic::default());
@@ -157,13 +221,15 @@ impl Presence {
             }
         };
         let metas = state.keys.entry(key.clone()).or_default();
-        if let Some(old) = prev.and_then(|prev| metas.remove(&prev)) {
+        if let Some(old) = prev.and_then(|prev| metas.remove(&(prev, node))) {
             diff.leaves.push((key.clone(), old));
         }
         let meta: Arc<str> =
             meta_json(meta, self.make_ref(seq), prev.map(|s| self.make_ref(s))).into();
-        metas.insert(seq, meta.clone());
-        diff.joins.push((key, meta));
+        metas.insert((seq, node), meta.clone());
+        diff.joins.push((key.clone(), meta.clone()));
+        let joins = vec![Entry { seq, key, meta }];
+        self.replicate(topic, state, joins, prev.into_iter().collect());
         diff
     }
 
@@ -182,9 +248,10 @@ impl Presence {
             if tracked.is_empty() {
                 state.owners.remove(&owner);
             }
-            state.remove(key, seq, &mut diff);
+            state.remove(key, (seq, self.shared.node), &mut diff);
+            self.replicate(topic, state, Vec::new(), vec![seq]);
         }
-        if state.keys.is_empty() {
+        if state.is_empty() {
             topics.remove(topic);
         }
         diff
@@ -198,16 +265,22 @@ impl Presence {
         let Some(state) = topics.get_mut(topic) else {
             return diff;
         };
+        let mut leaves = Vec::new();
         for (key, seq) in state.owners.remove(&owner).unwrap_or_default() {
-            state.remove(key, seq, &mut diff);
+            state.remove(key, (seq, self.shared.node), &mut diff);
+            leaves.push(seq);
         }
-        if state.keys.is_empty() {
+        if !leaves.is_empty() {
+            self.replicate(topic, state, Vec::new(), leaves);
+        }
+        if state.is_empty() {
             topics.remove(topic);
         }
         diff
     }
 
-    /// The topic's `presence_state` payload: `{"key":{"metas":[…]},…}`.
+    /// The topic's `presence_state` payload: `{"key":{"metas":[…]},…}`,
+    /// every node's entries.
     pub fn list(&self, topic: &str) -> String {
         let topics = self.lock();
         let mut out = String::new();
@@ -221,11 +294,207 @@ impl Presence {
         out
     }
 
-    /// How many entries (metas) the topic has.
+    /// How many entries (metas) the topic has, on every node.
     pub fn count(&self, topic: &str) -> usize {
         self.lock()
             .get(topic)
             .map_or(0, |state| state.keys.values().map(BTreeMap::len).sum())
+    }
+
+    /// Topics where this node has entries of its own.
+    pub fn local_topics(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, state)| !state.owners.is_empty())
+            .map(|(topic, _)| topic.clone())
+            .collect()
+    }
+
+    /// Replicates a snapshot of this node's entries on each of `topics`
+    /// (an empty one where it has none): after the broker was unreachable,
+    /// so other nodes replace whatever they last heard from this node.
+    pub fn republish(&self, topics: &[String]) {
+        if self.shared.replicator.get().is_none() {
+            return;
+        }
+        let node = self.shared.node;
+        let mut map = self.lock();
+        for topic in topics {
+            let joins: Vec<Entry> = map.get(topic).map_or_else(Vec::new, |state| {
+                let mut joins = Vec::new();
+                for (key, seq) in state.owners.values().flatten() {
+                    if let Some(meta) = state.keys.get(key).and_then(|m| m.get(&(*seq, node))) {
+                        joins.push(Entry {
+                            seq: *seq,
+                            key: key.clone(),
+                            meta: meta.clone(),
+                        });
+                    }
+                }
+                joins
+            });
+            let op = replica::next_op();
+            let empty = joins.is_empty();
+            let change = Change {
+                op,
+                prev: 0,
+                snapshot: true,
+                joins,
+                leaves: Vec::new(),
+                empty,
+            };
+            if let Some(state) = map.get_mut(topic) {
+                state.local_op = if empty { 0 } else { op };
+            }
+            if let Some(replicator) = self.shared.replicator.get() {
+                replicator.replicate(topic, change);
+            }
+        }
+    }
+
+    /// Applies another node's change to `topic`; the diff is what this
+    /// node's subscribers should be told. A [`Gap`] (changes lost) changes
+    /// nothing: the caller refetches the topic.
+    pub fn apply_remote(&self, topic: &str, node: NodeId, change: &Change) -> Result<Diff, Gap> {
+        let mut topics = self.lock();
+        let v = topics
+            .get(topic)
+            .and_then(|state| state.remote.get(&node))
+            .map_or(0, |remote| remote.v);
+        if change.op <= v {
+            return Ok(Diff::default());
+        }
+        if !change.snapshot && change.prev != v {
+            return Err(Gap);
+        }
+        let state = topics.entry(topic.to_owned()).or_default();
+        let mut diff = Diff::default();
+        if change.snapshot {
+            state.replace_remote(node, change.op, &change.joins, &mut diff);
+        } else {
+            let remote = state.remote.entry(node).or_default();
+            remote.v = change.op;
+            remote.at = Instant::now();
+            let mut removed = Vec::new();
+            for seq in &change.leaves {
+                if let Some(key) = remote.entries.remove(seq) {
+                    removed.push((key, *seq));
+                }
+            }
+            for entry in &change.joins {
+                remote.entries.insert(entry.seq, entry.key.clone());
+            }
+            for (key, seq) in removed {
+                state.remove(key, (seq, node), &mut diff);
+            }
+            for entry in &change.joins {
+                state.insert(node, entry, &mut diff);
+            }
+        }
+        if change.empty {
+            state.clear_remote(node, &mut diff);
+        }
+        if state.is_empty() {
+            topics.remove(topic);
+        }
+        Ok(diff)
+    }
+
+    /// Applies the state of `topic` read from the broker: each node's
+    /// entries and the op they are as of. Where that is newer than what
+    /// this node applied, it replaces it. `read_since`: the broker's data
+    /// is intact and was read after this instant, so a node it had nothing
+    /// for has no entries (its leave was missed) — unless one of its
+    /// changes was applied here after that instant (it wrote after the
+    /// read); without it, such nodes are left to their own snapshots and to
+    /// liveness.
+    pub fn apply_fetched(
+        &self,
+        topic: &str,
+        fetched: &[(NodeId, u64, Vec<Entry>)],
+        read_since: Option<Instant>,
+    ) -> Diff {
+        let mut diff = Diff::default();
+        let mut topics = self.lock();
+        let state = topics.entry(topic.to_owned()).or_default();
+        for (node, v, entries) in fetched {
+            if *node == self.shared.node {
+                continue;
+            }
+            let current = state.remote.get(node).map_or(0, |remote| remote.v);
+            if *v > current {
+                state.replace_remote(*node, *v, entries, &mut diff);
+            }
+        }
+        if let Some(since) = read_since {
+            let gone: Vec<NodeId> = state
+                .remote
+                .iter()
+                .filter(|(node, remote)| {
+                    remote.at < since && !fetched.iter().any(|(n, _, _)| n == *node)
+                })
+                .map(|(node, _)| *node)
+                .collect();
+            for node in gone {
+                state.clear_remote(node, &mut diff);
+            }
+        }
+        if state.is_empty() {
+            topics.remove(topic);
+        }
+        diff
+    }
+
+    /// Drops what other nodes replicated on `topic`, without a diff: this
+    /// node has no subscribers there any more to tell.
+    pub fn forget_remote(&self, topic: &str) {
+        let mut topics = self.lock();
+        let Some(state) = topics.get_mut(topic) else {
+            return;
+        };
+        let mut ignored = Diff::default();
+        let nodes: Vec<NodeId> = state.remote.keys().copied().collect();
+        for node in nodes {
+            state.clear_remote(node, &mut ignored);
+        }
+        if state.is_empty() {
+            topics.remove(topic);
+        }
+    }
+
+    /// Drops every entry of `node` (it went away): the leaves, by topic.
+    pub fn drop_node(&self, node: NodeId) -> Vec<(String, Diff)> {
+        let mut topics = self.lock();
+        let mut diffs = Vec::new();
+        topics.retain(|topic, state| {
+            let mut diff = Diff::default();
+            state.clear_remote(node, &mut diff);
+            if !diff.is_empty() {
+                diffs.push((topic.clone(), diff));
+            }
+            !state.is_empty()
+        });
+        diffs
+    }
+
+    /// Hands a change of this node's entries on `topic` to the replicator,
+    /// if any, with the next op. Under the lock, so ops reach it in order.
+    fn replicate(&self, topic: &str, state: &mut Topic, joins: Vec<Entry>, leaves: Vec<u64>) {
+        let Some(replicator) = self.shared.replicator.get() else {
+            return;
+        };
+        let op = replica::next_op();
+        let empty = state.owners.is_empty();
+        let change = Change {
+            op,
+            prev: state.local_op,
+            snapshot: false,
+            joins,
+            leaves,
+            empty,
+        };
+        state.local_op = if empty { 0 } else { op };
+        replicator.replicate(topic, change);
     }
 
     fn make_ref(&self, seq: u64) -> Ref {
@@ -244,16 +513,70 @@ impl Presence {
 
 impl Topic {
     /// Removes one entry, adding it to the diff's leaves.
-    fn remove(&mut self, key: Arc<str>, seq: u64, diff: &mut Diff) {
+    fn remove(&mut self, key: Arc<str>, id: EntryId, diff: &mut Diff) {
         let Some(metas) = self.keys.get_mut(&key) else {
             return;
         };
-        if let Some(meta) = metas.remove(&seq) {
+        if let Some(meta) = metas.remove(&id) {
             diff.leaves.push((key.clone(), meta));
         }
         if metas.is_empty() {
             self.keys.remove(&key);
         }
+    }
+
+    /// Adds another node's entry (replacing one with the same id),
+    /// adding it to the diff's joins.
+    fn insert(&mut self, node: NodeId, entry: &Entry, diff: &mut Diff) {
+        let key = self
+            .keys
+            .get_key_value(&*entry.key)
+            .map_or_else(|| entry.key.clone(), |(k, _)| k.clone());
+        self.keys
+            .entry(key.clone())
+            .or_default()
+            .insert((entry.seq, node), entry.meta.clone());
+        diff.joins.push((key, entry.meta.clone()));
+    }
+
+    /// Makes `node`'s entries exactly `entries`, as of op `v`: leaves for
+    /// what went, joins for what is new.
+    fn replace_remote(&mut self, node: NodeId, v: u64, entries: &[Entry], diff: &mut Diff) {
+        let old = self
+            .remote
+            .remove(&node)
+            .map(|remote| remote.entries)
+            .unwrap_or_default();
+        for (seq, key) in &old {
+            if !entries.iter().any(|e| e.seq == *seq) {
+                self.remove(key.clone(), (*seq, node), diff);
+            }
+        }
+        let mut remote = Remote {
+            v,
+            entries: HashMap::with_capacity(entries.len()),
+            at: Instant::now(),
+        };
+        for entry in entries {
+            if !old.contains_key(&entry.seq) {
+                self.insert(node, entry, diff);
+            }
+            remote.entries.insert(entry.seq, entry.key.clone());
+        }
+        self.remote.insert(node, remote);
+    }
+
+    /// Forgets `node` here: its entries leave.
+    fn clear_remote(&mut self, node: NodeId, diff: &mut Diff) {
+        if let Some(remote) = self.remote.remove(&node) {
+            for (seq, key) in remote.entries {
+                self.remove(key, (seq, node), diff);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.owners.is_empty() && self.remote.is_empty()
     }
 }
 
@@ -414,5 +737,156 @@ mod tests {
             assert_eq!(p.untrack_all("t", owner).leaves.len(), 1);
         }
         assert_eq!(p.count("t"), 0);
+    }
+
+    /// Collects what a tracker replicates.
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<(String, Change)>>);
+
+    impl Replicator for Collect {
+        fn replicate(&self, topic: &str, change: Change) {
+            self.0.lock().unwrap().push((topic.to_owned(), change));
+        }
+    }
+
+    impl Collect {
+        fn take(&self) -> Vec<(String, Change)> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    /// Two nodes' trackers for one app, the first replicating into a log.
+    fn pair() -> (Presence, Arc<Collect>, Presence) {
+        let a = Presence::new(NodeId::from_bytes([1; 6]));
+        let log = Arc::new(Collect::default());
+        a.set_replicator(log.clone());
+        (a, log, Presence::new(NodeId::from_bytes([2; 6])))
+    }
+
+    #[test]
+    fn changes_replicate_in_order_and_rebuild_the_state_on_another_node() {
+        let (a, log, b) = pair();
+        let (ada, bob) = (a.owner(), a.owner());
+        a.track("t", ada, "ada", meta(json!({})));
+        a.track("t", bob, "bob", meta(json!({})));
+        a.track("t", ada, "ada", meta(json!({ "typing": true })));
+        a.untrack_all("t", bob);
+        let changes = log.take();
+        assert_eq!(changes.len(), 4);
+        assert_eq!(changes[0].1.prev, 0);
+        for pair in changes.windows(2) {
+            assert_eq!(pair[1].1.prev, pair[0].1.op, "each change follows the last");
+        }
+        for (topic, change) in &changes {
+            b.apply_remote(topic, a.node(), change).unwrap();
+        }
+        assert_eq!(b.list("t"), a.list("t"));
+        // Replays are ignored.
+        assert!(
+            b.apply_remote("t", a.node(), &changes[1].1)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(b.list("t"), a.list("t"));
+
+        // The last entry leaves: the change says so, and b forgets the node.
+        a.untrack_all("t", ada);
+        let last = log.take().pop().unwrap().1;
+        assert!(last.empty);
+        let diff = b.apply_remote("t", a.node(), &last).unwrap();
+        assert_eq!(diff.leaves.len(), 1);
+        assert_eq!(b.list("t"), "{}");
+        assert!(b.lock().is_empty());
+        // A's next change starts afresh, and b takes it.
+        a.track("t", a.owner(), "cy", meta(json!({})));
+        let next = log.take().pop().unwrap().1;
+        assert_eq!(next.prev, 0);
+        assert_eq!(b.apply_remote("t", a.node(), &next).unwrap().joins.len(), 1);
+    }
+
+    #[test]
+    fn a_lost_change_is_a_gap_and_a_snapshot_repairs_it() {
+        let (a, log, b) = pair();
+        let ada = a.owner();
+        a.track("t", ada, "ada", meta(json!({})));
+        a.track("t", a.owner(), "bob", meta(json!({})));
+        let changes = log.take();
+        b.apply_remote("t", a.node(), &changes[0].1).unwrap();
+        a.untrack_all("t", ada);
+        let after_loss = log.take().pop().unwrap().1;
+        assert_eq!(b.apply_remote("t", a.node(), &after_loss), Err(Gap));
+        // A republishes its state; b converges, with one diff for its clients.
+        a.republish(&["t".to_owned()]);
+        let snapshot = log.take().pop().unwrap().1;
+        assert!(snapshot.snapshot);
+        let diff = b.apply_remote("t", a.node(), &snapshot).unwrap();
+        assert_eq!(b.list("t"), a.list("t"));
+        assert_eq!(
+            (diff.joins.len(), diff.leaves.len()),
+            (1, 1),
+            "bob joins, ada leaves"
+        );
+        // The next delta follows the snapshot.
+        a.track("t", a.owner(), "cy", meta(json!({})));
+        let next = log.take().pop().unwrap().1;
+        assert!(b.apply_remote("t", a.node(), &next).is_ok());
+        assert_eq!(b.count("t"), 2);
+    }
+
+    #[test]
+    fn fetched_state_applies_by_op_and_authoritative_fetches_drop_absent_nodes() {
+        let (a, log, b) = pair();
+        a.track("t", a.owner(), "ada", meta(json!({})));
+        let join = log.take().pop().unwrap().1;
+        let fetched = vec![(a.node(), join.op, join.joins.clone())];
+        let read = Instant::now();
+        assert_eq!(b.apply_fetched("t", &fetched, Some(read)).joins.len(), 1);
+        // The same change arriving after the fetch is not applied twice.
+        assert!(b.apply_remote("t", a.node(), &join).unwrap().is_empty());
+        assert_eq!(b.count("t"), 1);
+        // An older fetch changes nothing; one without `read_since` neither.
+        assert!(
+            b.apply_fetched("t", &[(a.node(), 0, vec![])], Some(read))
+                .is_empty()
+        );
+        assert!(b.apply_fetched("t", &[], None).is_empty());
+        // Read before a's last change was applied here: a stays.
+        assert!(b.apply_fetched("t", &[], Some(read)).is_empty());
+        assert_eq!(b.count("t"), 1);
+        // Read after it, and without a: a's entries leave.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = Instant::now();
+        assert_eq!(b.apply_fetched("t", &[], Some(later)).leaves.len(), 1);
+        assert_eq!(b.count("t"), 0);
+    }
+
+    #[test]
+    fn a_node_that_goes_away_leaves_every_topic_and_local_entries_stay() {
+        let (a, log, b) = pair();
+        a.track("t1", a.owner(), "ada", meta(json!({})));
+        a.track("t2", a.owner(), "ada", meta(json!({})));
+        b.track("t1", b.owner(), "bob", meta(json!({})));
+        for (topic, change) in log.take() {
+            b.apply_remote(&topic, a.node(), &change).unwrap();
+        }
+        assert_eq!(b.count("t1"), 2);
+        let mut left = b.drop_node(a.node());
+        left.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(left.len(), 2);
+        assert_eq!(left[0].1.leaves[0].0.as_ref(), "ada");
+        assert_eq!(b.count("t1"), 1, "bob stays");
+        assert_eq!(b.count("t2"), 0);
+        assert_eq!(b.local_topics(), ["t1"]);
+        b.forget_remote("t1");
+        assert_eq!(b.count("t1"), 1, "forget_remote keeps local entries");
+    }
+
+    #[test]
+    fn trackers_for_one_node_never_share_a_seq() {
+        let node = NodeId::from_bytes([3; 6]);
+        let (a, b) = (Presence::for_node(node), Presence::for_node(node));
+        let da = a.track("t", a.owner(), "k", meta(json!({})));
+        let db = b.track("t", b.owner(), "k", meta(json!({})));
+        assert_ne!(da.joins[0].1, db.joins[0].1);
     }
 }

@@ -428,11 +428,18 @@ impl StoreData {
     }
 }
 
-/// Awaits a storage call within the callback's deadline.
+/// What a storage call leaves of the callback's deadline: time for the
+/// guest to act on a store that did not answer (log, carry on) before the
+/// deadline stops it.
+const LEFT_FOR_THE_GUEST: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Awaits a storage call, ending it a little before the callback's
+/// deadline (see [`LEFT_FOR_THE_GUEST`]).
 pub(super) async fn within<T>(
     deadline: tokio::time::Instant,
     call: impl std::future::Future<Output = Result<T, KvError>>,
 ) -> Result<T, KvError> {
+    let deadline = deadline.checked_sub(LEFT_FOR_THE_GUEST).unwrap_or(deadline);
     tokio::time::timeout_at(deadline, call)
         .await
         .unwrap_or_else(|_| {

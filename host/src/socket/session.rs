@@ -380,6 +380,11 @@ impl Session {
         self.app
             .pubsub()
             .subscribe(&topic, self.subscriber(held.clone()));
+        // In a cluster, a node's first join of a topic waits (boundedly)
+        // until the node receives the topic from the other nodes and holds
+        // their presence: nothing sent after the reply is missed, and
+        // `presence_state` lists every node. At once on a single node.
+        self.app.pubsub().ready(&topic).await;
         let owner = self.app.presence().owner();
         let empty: Arc<str> = "{}".into();
         let ctx = self.call_context(&topic, &empty, Some(owner), Vec::new());

@@ -9,12 +9,15 @@
 //! # Layout
 //! - `sqlite`: the embedded default, one SQLite file under
 //!   `server.data_dir`: nothing to set up, and it survives a restart.
+//! - `redis`: with `[cluster]`, the cluster's Redis, so every node sees the
+//!   same keys.
 //!
 //! Why SQLite (rusqlite with its bundled build): one well-known file format
 //! a user can open with any SQLite tool, atomic upserts and increments in
 //! one statement, range scans for prefix listing, WAL for readers that do
 //! not wait on the writer, and no server to run.
 
+mod redis;
 mod sqlite;
 
 use std::path::PathBuf;
@@ -23,6 +26,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::cluster::RedisLink;
 use crate::config::Limits;
 
 /// Why a storage call failed, as the guest sees it.
@@ -60,8 +64,9 @@ impl Quotas {
     }
 }
 
-/// The server's store, opened on first use (a server whose apps never use
-/// storage never touches `data_dir`). Cheap to clone.
+/// The server's store: the cluster's Redis, or an embedded SQLite file
+/// opened on first use (a server whose apps never use storage never
+/// touches `data_dir`). Cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
     shared: Arc<Shared>,
@@ -70,14 +75,33 @@ pub struct Storage {
 struct Shared {
     data_dir: PathBuf,
     embedded: Mutex<Option<Arc<sqlite::Sqlite>>>,
+    cluster: Option<redis::RedisStore>,
+}
+
+/// Where an app's keys live.
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<sqlite::Sqlite>),
+    Redis(redis::RedisStore),
 }
 
 impl Storage {
+    /// The embedded store, in `data_dir`.
     pub fn new(data_dir: PathBuf) -> Self {
+        Self::with(data_dir, None)
+    }
+
+    /// The store in the cluster's Redis (`data_dir` stays unused).
+    pub fn clustered(data_dir: PathBuf, link: RedisLink) -> Self {
+        Self::with(data_dir, Some(redis::RedisStore::new(link)))
+    }
+
+    fn with(data_dir: PathBuf, cluster: Option<redis::RedisStore>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 data_dir,
                 embedded: Mutex::new(None),
+                cluster,
             }),
         }
     }
@@ -85,6 +109,18 @@ impl Storage {
     /// `app`'s view of the store, bounded by `quotas`; opens the store if
     /// this is its first user.
     pub fn kv(&self, app: &str, quotas: Quotas) -> anyhow::Result<Kv> {
+        let backend = match &self.shared.cluster {
+            Some(store) => Backend::Redis(store.clone()),
+            None => Backend::Sqlite(self.embedded()?),
+        };
+        Ok(Kv {
+            app: app.into(),
+            backend,
+            quotas,
+        })
+    }
+
+    fn embedded(&self) -> anyhow::Result<Arc<sqlite::Sqlite>> {
         let mut embedded = self
             .shared
             .embedded
@@ -103,11 +139,7 @@ impl Storage {
                 store
             }
         };
-        Ok(Kv {
-            app: app.into(),
-            store,
-            quotas,
-        })
+        Ok(store)
     }
 }
 
@@ -116,7 +148,7 @@ impl Storage {
 #[derive(Clone)]
 pub struct Kv {
     app: Arc<str>,
-    store: Arc<sqlite::Sqlite>,
+    backend: Backend,
     quotas: Quotas,
 }
 
@@ -131,7 +163,13 @@ impl std::fmt::Debug for Kv {
 impl Kv {
     pub async fn get(&self, key: String) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(&key)?;
-        self.run(move |store, app, _| store.get(app, &key)).await
+        match &self.backend {
+            Backend::Redis(redis) => redis.get(&self.app, &key).await,
+            Backend::Sqlite(store) => {
+                self.blocking(store, move |store, app, _| store.get(app, &key))
+                    .await
+            }
+        }
     }
 
     pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>, KvError> {
@@ -144,8 +182,15 @@ impl Kv {
         for key in &keys {
             self.check_key(key)?;
         }
-        self.run(move |store, app, _| keys.iter().map(|key| store.get(app, key)).collect())
-            .await
+        match &self.backend {
+            Backend::Redis(redis) => redis.get_many(&self.app, &keys).await,
+            Backend::Sqlite(store) => {
+                self.blocking(store, move |store, app, _| {
+                    keys.iter().map(|key| store.get(app, key)).collect()
+                })
+                .await
+            }
+        }
     }
 
     pub async fn set(
@@ -162,19 +207,39 @@ impl Kv {
                 self.quotas.max_value_bytes
             )));
         }
-        self.run(move |store, app, quotas| store.set(app, &key, &value, ttl, quotas.max_keys))
-            .await
+        match &self.backend {
+            Backend::Redis(redis) => redis.set(&self.app, &key, &value, ttl, self.quotas).await,
+            Backend::Sqlite(store) => {
+                self.blocking(store, move |store, app, quotas| {
+                    store.set(app, &key, &value, ttl, quotas.max_keys)
+                })
+                .await
+            }
+        }
     }
 
     pub async fn delete(&self, key: String) -> Result<bool, KvError> {
         self.check_key(&key)?;
-        self.run(move |store, app, _| store.delete(app, &key)).await
+        match &self.backend {
+            Backend::Redis(redis) => redis.delete(&self.app, &key).await,
+            Backend::Sqlite(store) => {
+                self.blocking(store, move |store, app, _| store.delete(app, &key))
+                    .await
+            }
+        }
     }
 
     pub async fn increment(&self, key: String, delta: i64) -> Result<i64, KvError> {
         self.check_key(&key)?;
-        self.run(move |store, app, quotas| store.increment(app, &key, delta, quotas.max_keys))
-            .await
+        match &self.backend {
+            Backend::Redis(redis) => redis.increment(&self.app, &key, delta, self.quotas).await,
+            Backend::Sqlite(store) => {
+                self.blocking(store, move |store, app, quotas| {
+                    store.increment(app, &key, delta, quotas.max_keys)
+                })
+                .await
+            }
+        }
     }
 
     pub async fn list_keys(
@@ -184,8 +249,19 @@ impl Kv {
         limit: u32,
     ) -> Result<Vec<String>, KvError> {
         let limit = limit.min(MAX_LIST);
-        self.run(move |store, app, _| store.list_keys(app, &prefix, after.as_deref(), limit))
-            .await
+        match &self.backend {
+            Backend::Redis(redis) => {
+                redis
+                    .list_keys(&self.app, &prefix, after.as_deref(), limit)
+                    .await
+            }
+            Backend::Sqlite(store) => {
+                self.blocking(store, move |store, app, _| {
+                    store.list_keys(app, &prefix, after.as_deref(), limit)
+                })
+                .await
+            }
+        }
     }
 
     fn check_key(&self, key: &str) -> Result<(), KvError> {
@@ -202,13 +278,14 @@ impl Kv {
         Ok(())
     }
 
-    /// Runs a store operation off the async threads (SQLite blocks).
-    async fn run<T, F>(&self, op: F) -> Result<T, KvError>
+    /// Runs an embedded store operation off the async threads (SQLite
+    /// blocks).
+    async fn blocking<T, F>(&self, store: &Arc<sqlite::Sqlite>, op: F) -> Result<T, KvError>
     where
         T: Send + 'static,
         F: FnOnce(&sqlite::Sqlite, &str, Quotas) -> Result<T, KvError> + Send + 'static,
     {
-        let (store, app, quotas) = (self.store.clone(), self.app.clone(), self.quotas);
+        let (store, app, quotas) = (store.clone(), self.app.clone(), self.quotas);
         tokio::task::spawn_blocking(move || op(&store, &app, quotas))
             .await
             .map_err(|e| KvError::Unavailable(format!("the storage task failed: {e}")))?

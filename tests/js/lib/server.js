@@ -44,10 +44,11 @@ export function freePort() {
 
 /**
  * The suite's config: the demo app with the sample plugins and the fixture.
- * `server` and `limits` are extra TOML lines for `[server]` and
- * `[apps.demo.limits]`.
+ * `server`, `app` and `limits` are extra TOML lines for `[server]`,
+ * `[apps.demo]` and `[apps.demo.limits]`; `cluster` lines make a
+ * `[cluster]` section (e.g. `redis = "redis://127.0.0.1:6390"`).
  */
-function configToml({ server = [], limits = [], dataDir } = {}) {
+function configToml({ server = [], app = [], limits = [], cluster = [], dataDir } = {}) {
   const p = (name) => JSON.stringify(path.join(PLUGIN_DIR, name));
   const js = (name) => JSON.stringify(path.join(JS_PLUGIN_DIR, name));
   const routes = [
@@ -66,6 +67,7 @@ function configToml({ server = [], limits = [], dataDir } = {}) {
     "[server]",
     // Tests open many sockets at once from one address.
     "connections_per_ip_per_second = 1000000",
+    "max_connections_per_ip = 1000000",
     'node = "roost@js"',
     // The JS fixture's key-value storage, in this server's temp dir.
     ...(dataDir ? [`data_dir = ${JSON.stringify(dataDir)}`] : []),
@@ -73,6 +75,7 @@ function configToml({ server = [], limits = [], dataDir } = {}) {
     "",
     "[apps.demo]",
     'mount = "/socket"',
+    ...app,
     "",
     "[apps.demo.capabilities]",
     "kv = true",
@@ -84,6 +87,7 @@ function configToml({ server = [], limits = [], dataDir } = {}) {
     "longpoll_window_ms = 1000",
     ...limits,
     "",
+    ...(cluster.length ? ["[cluster]", ...cluster, ""] : []),
   ].join("\n");
 }
 
@@ -119,10 +123,12 @@ for (const signal of ["SIGINT", "SIGTERM"]) {
 export class RoostServer {
   /**
    * `config` adds TOML lines (see `configToml`); `log` is the server's
-   * ROOST_LOG level (default: $ROOST_LOG or warn).
+   * ROOST_LOG level (default: $ROOST_LOG or warn); `node` is passed as
+   * `--node` (a cluster's nodes each have a name).
    */
-  constructor({ config = {}, log } = {}) {
+  constructor({ config = {}, log, node } = {}) {
     this.logLevel = log;
+    this.node = node;
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), "roost-js-"));
     this.configPath = path.join(this.dir, "roost.toml");
     this.logPath = path.join(this.dir, "server.log");
@@ -134,6 +140,11 @@ export class RoostServer {
 
   get host() {
     return `127.0.0.1:${this.port}`;
+  }
+
+  /** `http://<host><path>`. */
+  url(path) {
+    return `http://${this.host}${path}`;
   }
 
   /** The endpoint given to `new Socket(...)`: the client appends /websocket (or /longpoll). */
@@ -149,7 +160,9 @@ export class RoostServer {
     if (this.port === null) this.port = await freePort();
     const log = fs.openSync(this.logPath, "a");
     fs.writeSync(log, `\n---- roost serve --listen ${this.host} (${new Date().toISOString()})\n`);
-    const proc = spawn(ROOST_BIN, ["serve", "--config", this.configPath, "--listen", this.host], {
+    const args = ["serve", "--config", this.configPath, "--listen", this.host];
+    if (this.node) args.push("--node", this.node);
+    const proc = spawn(ROOST_BIN, args, {
       env: { ...process.env, ROOST_LOG: this.logLevel || process.env.ROOST_LOG || "warn", NO_COLOR: "1" },
       stdio: ["ignore", log, log],
     });

@@ -11,6 +11,11 @@
 //! received / (sent × N), latency percentiles, and the server's CPU per
 //! delivery (deliveries include the publisher's own copy of each message).
 //!
+//! With `--cluster N`, subscriber i connects to node i mod N and the
+//! publisher to node 1, so every broadcast crosses Redis; the report adds
+//! each node's CPU per delivery it made, Redis PUBLISH calls (and all
+//! commands) per broadcast, and Redis's CPU.
+//!
 //! Subscribers read from the moment they join, and publishing starts only
 //! once the setup traffic has settled (no other frames for 250 ms): with
 //! presence on the topic, every join sends a `presence_diff` to every
@@ -34,7 +39,7 @@ use crate::client::{self, Endpoint, Failure, Frame, Ws};
 use crate::connections::millis;
 use crate::pacer::{Pacer, Schedule};
 use crate::stats::{self, RecordDuration, SharedErrors, SharedHist, histogram, round3};
-use crate::target::Target;
+use crate::target::{ClusterSample, Target};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -133,13 +138,15 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
     // Subscribers: connect and join at `connect_rate`, then read.
     let (joined_tx, mut joined_rx) = mpsc::unbounded_channel();
     let mut subscribers = JoinSet::new();
+    let endpoints = target.endpoints.clone();
     for i in 0..args.subscribers {
         let at = base + Duration::from_secs_f64(i as f64 / args.connect_rate);
         let (shared, recorder, joined) = (shared.clone(), latency.recorder(), joined_tx.clone());
+        let endpoint = endpoints[(i as usize) % endpoints.len()].clone();
         subscribers.spawn(async move {
             tokio::time::sleep_until(at).await;
             let connected = client::connect_and_join(
-                &shared.endpoint,
+                &endpoint,
                 &shared.topic_json,
                 shared.timeout,
                 client::LARGE_READ_BUFFER,
@@ -207,6 +214,7 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
     let settled = Instant::now() < settle_deadline;
 
     let before = target.sample();
+    let cluster_before = target.cluster_sample().await;
     let start = Instant::now() + Duration::from_millis(100);
     let end = start + Duration::from_secs_f64(args.duration);
     let schedule = Schedule {
@@ -230,6 +238,7 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let after = target.sample();
+    let cluster_after = target.cluster_sample().await;
     let _ = stop.send(true);
     let mut last = None;
     while let Ok(Some(seen)) = tokio::time::timeout_at(hard_deadline, subscribers.join_next()).await
@@ -322,6 +331,15 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
         ));
     }
     summary.extend(after.generator_cpu_line(&before, ""));
+    let cluster = match (cluster_before, cluster_after) {
+        (Some(before), Some(after)) => {
+            let (lines, json) =
+                cluster_report(&before, &after, sent, args.subscribers, copies, ratio);
+            summary.extend(lines);
+            json
+        }
+        _ => serde_json::Value::Null,
+    };
 
     let json = json!({
         "scenario": "fanout",
@@ -349,12 +367,79 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
         "server_cpu_ms": millis(cpu),
         "generator_cpu_ms": millis(after.generator_cpu_since(&before)),
         "server_cpu_us_per_delivery": cpu_per_delivery.map(round3),
+        "cluster": cluster,
     });
     Ok(Report {
         summary,
         json,
         problems,
     })
+}
+
+/// Per node: CPU per delivery it made (its subscribers' copies, and node
+/// 1's publisher copy); Redis: PUBLISH calls and commands per broadcast,
+/// CPU. Deliveries per node are counted from the split, scaled by the
+/// delivery ratio.
+fn cluster_report(
+    before: &ClusterSample,
+    after: &ClusterSample,
+    sent: u64,
+    subscribers: u64,
+    copies: u64,
+    ratio: f64,
+) -> (Vec<String>, serde_json::Value) {
+    let n = after.nodes_cpu.len() as u64;
+    let mut lines = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, (b, a)) in before.nodes_cpu.iter().zip(&after.nodes_cpu).enumerate() {
+        let i = i as u64;
+        let on_node = subscribers / n + u64::from(i < subscribers % n);
+        let deliveries =
+            (on_node as f64 * sent as f64 * ratio) as u64 + if i == 0 { copies } else { 0 };
+        let cpu = a.zip(*b).map(|(a, b)| a.saturating_sub(b));
+        let per = cpu
+            .filter(|_| deliveries > 0)
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / deliveries as f64);
+        lines.push(format!(
+            "  node {}: {on_node} subscribers, {deliveries} deliveries, CPU {} ms, {} µs per delivery",
+            i + 1,
+            cpu.map_or("?".into(), |d| d.as_millis().to_string()),
+            per.map_or("?".into(), |p| format!("{p:.2}"))
+        ));
+        nodes.push(json!({
+            "subscribers": on_node,
+            "deliveries": deliveries,
+            "cpu_ms": millis(cpu),
+            "cpu_us_per_delivery": per.map(round3),
+        }));
+    }
+    let publishes = after.redis_publishes.saturating_sub(before.redis_publishes);
+    let commands = after.redis_commands.saturating_sub(before.redis_commands);
+    let per_broadcast = |x: u64| {
+        if sent == 0 {
+            0.0
+        } else {
+            x as f64 / sent as f64
+        }
+    };
+    let redis_cpu = after
+        .redis_cpu
+        .zip(before.redis_cpu)
+        .map(|(a, b)| a.saturating_sub(b));
+    lines.push(format!(
+        "  redis: {publishes} PUBLISH for {sent} broadcasts ({:.2} per broadcast), {commands} commands ({:.2} per broadcast), CPU {} ms",
+        per_broadcast(publishes),
+        per_broadcast(commands),
+        redis_cpu.map_or("?".into(), |d| d.as_millis().to_string()),
+    ));
+    let json = json!({
+        "nodes": nodes,
+        "redis_publishes": publishes,
+        "redis_publishes_per_broadcast": round3(per_broadcast(publishes)),
+        "redis_commands_per_broadcast": round3(per_broadcast(commands)),
+        "redis_cpu_ms": millis(redis_cpu),
+    });
+    (lines, json)
 }
 
 /// The publisher: one socket on a thread (`bench-publisher`) and runtime

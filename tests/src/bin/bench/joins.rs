@@ -48,6 +48,13 @@ pub struct Args {
     #[arg(long, default_value = "ping")]
     pub topic: String,
 
+    /// Join `<topic>:<i>`, a topic of its own, each time (route `ping:*`):
+    /// every join is a topic's first subscriber and every leave its last,
+    /// which in a cluster (`--cluster`) is a Redis SUBSCRIBE and UNSUBSCRIBE
+    /// each — the churn cost of per-topic subscriptions.
+    #[arg(long)]
+    pub unique_topics: bool,
+
     /// Seconds to wait for a connection or any one reply.
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
@@ -182,9 +189,10 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
     }
 
     let (topic, next) = claims(args);
-    let loops = sockets
-        .into_iter()
-        .map(|ws| join_loop(ws, topic.clone(), next.clone(), args.n, timeout));
+    let loops = sockets.into_iter().map(|ws| {
+        let unique = args.unique_topics.then(|| Arc::new(args.topic.clone()));
+        join_loop(ws, topic.clone(), unique, next.clone(), args.n, timeout)
+    });
     let (looped, elapsed, before) = drive(target, args, loops).await?;
     let after = target.sample();
     target.check_alive()?;
@@ -345,12 +353,21 @@ fn report<L>(
 async fn join_loop(
     mut ws: Ws,
     topic: Arc<String>,
+    unique: Option<Arc<String>>,
     next: Arc<AtomicU64>,
     n: u64,
     timeout: Duration,
 ) -> Looped<JoinLeave> {
     let mut looped = Looped::<JoinLeave>::new();
-    while next.fetch_add(1, Ordering::Relaxed) < n {
+    loop {
+        let claimed = next.fetch_add(1, Ordering::Relaxed);
+        if claimed >= n {
+            break;
+        }
+        let topic = match &unique {
+            Some(base) => Arc::new(client::json_string(&format!("{base}:{claimed}"))),
+            None => topic.clone(),
+        };
         let k = looped.joins + looped.errors.total();
         let join_ref = format!("j{k}");
         match client::join(&mut ws, &join_ref, &topic, timeout).await {

@@ -80,6 +80,7 @@ pub async fn run(target_args: &TargetArgs) -> anyhow::Result<bool> {
                         timeout,
                         token: false,
                         token_secret: None,
+                        unique_topics: false,
                     };
                     joins::run(&mut target, &args).await
                 }
@@ -91,6 +92,7 @@ pub async fn run(target_args: &TargetArgs) -> anyhow::Result<bool> {
                         timeout,
                         token: true,
                         token_secret: None,
+                        unique_topics: false,
                     };
                     let mut tokens = Target::start(target_args, Access::Tokens).await?;
                     let report = joins::run(&mut tokens, &args).await;

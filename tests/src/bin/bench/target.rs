@@ -10,6 +10,11 @@
 //!   written to a temporary file; RSS and CPU are the child's alone. Its log
 //!   (which roost writes to stdout) is copied to this process's stderr, at
 //!   `ROOST_LOG=warn` unless ROOST_LOG is set.
+//! - `--cluster N`: a `redis-server` of bench's own (free loopback port, no
+//!   persistence) and N spawned `roost` nodes on it (`[cluster]`); the
+//!   endpoint is node 1's, [`Target::endpoints`] lists every node's. CPU is
+//!   the nodes' together; [`Target::cluster_sample`] has each node's, and
+//!   Redis's CPU and command counts (`INFO commandstats`).
 //!
 //! The server runs the demo app with the routes the scenarios use, or, for
 //! a scenario that brings its own config file (`reload`), that file, which
@@ -59,6 +64,18 @@ pub struct TargetArgs {
         conflicts_with = "url"
     )]
     pub spawn: bool,
+
+    /// Start a redis-server and this many `roost` nodes on it, as a
+    /// cluster (each a child process, as with --spawn). Scenarios that
+    /// connect many sockets spread them over the nodes.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Server under test",
+        conflicts_with = "url",
+        value_name = "NODES"
+    )]
+    pub cluster: Option<usize>,
 
     /// The `roost` binary for --spawn [default: `roost` next to this
     /// executable, i.e. $CARGO_TARGET_DIR/<profile>/roost; build it with
@@ -164,9 +181,22 @@ impl Sample {
 /// A started (or found) server.
 pub struct Target {
     pub endpoint: Endpoint,
+    /// Every node's endpoint (just `endpoint` but for a cluster).
+    pub endpoints: Vec<Endpoint>,
     kind: Kind,
     /// The server's `data_dir` (its key-value store), removed with it.
     _data: Option<tempfile::TempDir>,
+}
+
+/// One reading of a cluster's resource use.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSample {
+    /// Each node's CPU time.
+    pub nodes_cpu: Vec<Option<Duration>>,
+    pub redis_cpu: Option<Duration>,
+    /// `INFO commandstats` calls: PUBLISH, and every command.
+    pub redis_publishes: u64,
+    pub redis_commands: u64,
 }
 
 enum Kind {
@@ -181,6 +211,11 @@ enum Kind {
         /// The config file bench wrote, to remove.
         config: Option<PathBuf>,
     },
+    Cluster {
+        nodes: Vec<Target>,
+        redis: RedisChild,
+        redis_port: u16,
+    },
 }
 
 impl Target {
@@ -188,11 +223,16 @@ impl Target {
     /// access is its own).
     pub async fn start(args: &TargetArgs, access: Access) -> anyhow::Result<Self> {
         if let Some(url) = &args.url {
+            let endpoint = Endpoint::parse(url)?;
             return Ok(Self {
-                endpoint: Endpoint::parse(url)?,
+                endpoints: vec![endpoint.clone()],
+                endpoint,
                 kind: Kind::External,
                 _data: None,
             });
+        }
+        if let Some(nodes) = args.cluster {
+            return Self::cluster(args, access, nodes).await;
         }
         if args.spawn {
             return Self::spawn(args, Demo::Config(access)).await;
@@ -233,6 +273,7 @@ impl Target {
             .build()?;
         let running = runtime.spawn(server::start(config)).await??;
         Ok(Self {
+            endpoints: vec![Endpoint::roost(running.addr)],
             endpoint: Endpoint::roost(running.addr),
             kind: Kind::InProcess {
                 running: Some(running),
@@ -240,6 +281,83 @@ impl Target {
             },
             _data: None,
         })
+    }
+
+    /// A redis-server and `n` nodes of the demo config on it.
+    async fn cluster(args: &TargetArgs, access: Access, n: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(n >= 1, "--cluster needs at least one node");
+        let redis_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let redis = RedisChild(
+            std::process::Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting redis-server (apt-get install redis-server)")?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", redis_port))
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "redis-server did not listen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let cluster = ClusterNode {
+                redis: format!("redis://127.0.0.1:{redis_port}"),
+                name: format!("roost@bench-{}", i + 1),
+            };
+            nodes.push(Self::spawn(args, Demo::Cluster(access, cluster)).await?);
+        }
+        Ok(Self {
+            endpoint: nodes[0].endpoint.clone(),
+            endpoints: nodes.iter().map(|node| node.endpoint.clone()).collect(),
+            kind: Kind::Cluster {
+                nodes,
+                redis,
+                redis_port,
+            },
+            _data: None,
+        })
+    }
+
+    /// Each node's CPU, and Redis's CPU and command counts; `None` but for
+    /// a cluster.
+    pub async fn cluster_sample(&self) -> Option<ClusterSample> {
+        let Kind::Cluster {
+            nodes,
+            redis,
+            redis_port,
+        } = &self.kind
+        else {
+            return None;
+        };
+        let stats = redis_info(*redis_port, "commandstats")
+            .await
+            .unwrap_or_default();
+        let calls = |line: &str| -> u64 {
+            line.split_once("calls=")
+                .and_then(|(_, rest)| rest.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        let mut sample = ClusterSample {
+            nodes_cpu: nodes.iter().map(|node| node.sample().cpu).collect(),
+            redis_cpu: cpu_ticks(format!("/proc/{}/stat", redis.0.id()).as_ref()).map(ticks),
+            ..ClusterSample::default()
+        };
+        for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+            sample.redis_commands += calls(line);
+            if line.starts_with("cmdstat_publish:") {
+                sample.redis_publishes += calls(line);
+            }
+        }
+        Some(sample)
     }
 
     /// Starts the `roost` binary with a config file, or with the demo config
@@ -264,9 +382,14 @@ impl Target {
         let listen = format!("127.0.0.1:{port}");
         let mut command = Command::new(&bin);
         let data = tempfile::tempdir()?;
-        let (config, written) = match config {
-            Demo::File(config) => (config.to_owned(), None),
-            Demo::Config(access) => {
+        let (file, demo, cluster) = match config {
+            Demo::File(path) => (Some(path.to_owned()), None, None),
+            Demo::Config(access) => (None, Some(access), None),
+            Demo::Cluster(access, node) => (None, Some(access), Some(node)),
+        };
+        let (config, written) = match (file, demo) {
+            (Some(path), _) => (path, None),
+            (None, Some(access)) => {
                 // Unique per server: smoke runs two at once.
                 static SERVERS: AtomicU64 = AtomicU64::new(0);
                 let path = std::env::temp_dir().join(format!(
@@ -275,16 +398,25 @@ impl Target {
                     SERVERS.fetch_add(1, Ordering::Relaxed)
                 ));
                 let secret = format!("env:{SECRET_ENV}");
-                std::fs::write(&path, config_text(&listen, access, &secret, data.path()))?;
+                let mut text = config_text(&listen, access, &secret, data.path());
+                if let Some(cluster) = &cluster {
+                    text.push_str(&format!("\n[cluster]\nredis = \"{}\"\n", cluster.redis));
+                }
+                std::fs::write(&path, text)?;
                 if access == Access::Tokens {
                     command.env(SECRET_ENV, BENCH_SECRET);
                 }
                 (path.clone(), Some(path))
             }
+            (None, None) => unreachable!("a demo config has its access"),
         };
         command
             .args(["serve", "--listen", &listen, "--config"])
-            .arg(&config)
+            .arg(&config);
+        if let Some(cluster) = &cluster {
+            command.args(["--node", &cluster.name]);
+        }
+        command
             .stdin(Stdio::null())
             // roost logs to stdout; this process's stdout is for reports.
             .stdout(Stdio::piped())
@@ -316,6 +448,7 @@ impl Target {
         }
         Ok(Self {
             endpoint: Endpoint::roost(addr),
+            endpoints: vec![Endpoint::roost(addr)],
             kind: Kind::Spawned {
                 child,
                 pid,
@@ -331,6 +464,7 @@ impl Target {
             Kind::External => "external",
             Kind::InProcess { .. } => "in-process",
             Kind::Spawned { .. } => "spawned",
+            Kind::Cluster { .. } => "cluster",
         }
     }
 
@@ -358,6 +492,17 @@ impl Target {
                 cpu: cpu_ticks(format!("/proc/{pid}/stat").as_ref()).map(ticks),
                 generator_cpu: generator.map(ticks),
             },
+            // The nodes together.
+            Kind::Cluster { nodes, .. } => {
+                let samples: Vec<Sample> = nodes.iter().map(Target::sample).collect();
+                let sum =
+                    |f: fn(&Sample) -> Option<u64>| samples.iter().map(f).sum::<Option<u64>>();
+                Sample {
+                    rss_kb: sum(|s| s.rss_kb),
+                    cpu: samples.iter().map(|s| s.cpu).sum::<Option<Duration>>(),
+                    generator_cpu: generator.map(ticks),
+                }
+            }
         }
     }
 
@@ -389,6 +534,11 @@ impl Target {
         {
             anyhow::bail!("the roost server exited: {status}");
         }
+        if let Kind::Cluster { nodes, .. } = &mut self.kind {
+            for node in nodes {
+                node.check_alive()?;
+            }
+        }
         Ok(())
     }
 
@@ -408,6 +558,12 @@ impl Target {
                 if let Some(config) = config.take() {
                     let _ = std::fs::remove_file(config);
                 }
+            }
+            Kind::Cluster { nodes, redis, .. } => {
+                for node in std::mem::take(nodes) {
+                    Box::pin(node.stop()).await;
+                }
+                redis.kill();
             }
         }
     }
@@ -431,6 +587,8 @@ impl Drop for Target {
                     let _ = std::fs::remove_file(config);
                 }
             }
+            // The nodes and Redis are killed as they drop.
+            Kind::Cluster { .. } => {}
         }
     }
 }
@@ -439,6 +597,8 @@ impl Drop for Target {
 enum Demo<'a> {
     /// The demo config, written by bench.
     Config(Access),
+    /// The demo config as one node of a cluster.
+    Cluster(Access, ClusterNode),
     /// A scenario's own config file.
     File(&'a Path),
 }
@@ -481,6 +641,48 @@ capabilities = {{ kv = true }}
         fixture = plugin("fixture").display(),
         data_dir = serde_json::Value::from(data_dir.display().to_string()),
     )
+}
+
+/// bench's redis-server, killed when dropped (also when a node fails to
+/// start).
+struct RedisChild(std::process::Child);
+
+impl RedisChild {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster node's Redis and name.
+struct ClusterNode {
+    redis: String,
+    name: String,
+}
+
+/// `INFO <section>` from the Redis on `port`, over a raw RESP request.
+async fn redis_info(port: u16, section: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+    stream.write_all(request.as_bytes()).await?;
+    let mut reader = BufReader::new(stream);
+    let mut header = String::new();
+    tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut header)).await??;
+    let len: usize = header
+        .trim()
+        .strip_prefix('$')
+        .and_then(|n| n.parse().ok())
+        .context("unexpected INFO reply")?;
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(Duration::from_secs(2), reader.read_exact(&mut body)).await??;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Copies a spawned server's log lines to this process's stderr, until the

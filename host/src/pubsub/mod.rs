@@ -1,5 +1,6 @@
-//! Local publish/subscribe: which sockets of an app are subscribed to which
-//! topic, and fan-out to their mailboxes.
+//! Publish/subscribe: which sockets of an app are subscribed to which
+//! topic, fan-out to their mailboxes, and the broker that carries
+//! broadcasts to the other nodes of a cluster.
 //!
 //! One `PubSub` per app, so topics never cross apps. Fan-out encodes a
 //! broadcast once per serializer and hands every subscriber the same shared
@@ -7,12 +8,101 @@
 //! subscriber's `handle_out` when the topic's plugin intercepts the event.
 //! Which of the two is decided by the caller, `App::broadcast`, the one way
 //! to broadcast.
+//!
+//! # Layout
+//! - this file: [`PubSub`], the local subscriptions and fan-out, and the
+//!   broker seam: [`Broker`] (what an app's pub/sub needs from the other
+//!   nodes) and [`Inbound`] (what the broker hands back to the app).
+//! - `local`: [`LocalBroker`], a single node — nothing to carry, no cost.
+//! - `redis_broker`: [`RedisBroker`], a cluster of nodes on one Redis: a
+//!   Redis channel per topic with local subscribers, one publish per
+//!   broadcast, presence replicated through Redis, node liveness.
+//! - `wire`: what the nodes publish to each other, encoded. Pure code.
+//! - `nodes`: the cluster's node registry and liveness, on Redis.
+//!
+//! Local delivery never waits for the broker: a broadcast reaches this
+//! node's subscribers first, directly, and is then handed to the broker for
+//! the others (so local service goes on when Redis is down). A node drops
+//! its own messages when they come back from Redis.
+
+mod local;
+mod nodes;
+mod redis_broker;
+mod wire;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::mailbox::{Command, Intercepted, Mailbox, WireFrame};
 use crate::protocol::{self, Outbound, Payload, Serializer};
+
+pub use local::LocalBroker;
+pub use redis_broker::{ClusterStatus, NodeStatus, RedisBroker};
+
+/// How long a join waits for its topic's broker subscription (and the
+/// presence of the other nodes) before it goes on without: a slow Redis
+/// delays first joins on a node by at most this, never blocks them.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What an app's pub/sub needs from the other nodes. Every method but
+/// `disconnect` is called from socket tasks (some under the pub/sub lock)
+/// and must return at once: real work happens on the broker's own tasks.
+pub trait Broker: Send + Sync {
+    /// `topic` got its first subscriber on this node.
+    fn subscribe(&self, topic: &str);
+    /// `topic` lost its last subscriber on this node.
+    fn unsubscribe(&self, topic: &str);
+    /// Resolves once this node receives what other nodes publish to
+    /// `topic` (and holds their presence there).
+    fn ready(&self, topic: &str) -> Ready;
+    /// Carries a broadcast to the other nodes, once, whatever their number
+    /// of subscribers. Never waits: what cannot be queued is counted and
+    /// dropped (this node's subscribers already have it).
+    fn publish(&self, topic: &str, event: &str, payload: &Payload);
+    /// Closes the sockets with this socket id on the other nodes; resolves
+    /// to how many other nodes were told.
+    fn disconnect<'a>(&'a self, socket_id: &'a str) -> BoxFuture<'a, usize>;
+}
+
+/// A boxed future, for the one async method of a `dyn Broker`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the broker hands to an app: what other nodes sent it.
+pub trait Inbound: Send + Sync {
+    /// The app's presence tracker, which keeps the other nodes' entries.
+    fn presence(&self) -> &crate::presence::Presence;
+    /// Delivers a broadcast from another node to this node's subscribers
+    /// (fastlane or `handle_out`, as for a local broadcast).
+    fn deliver(&self, topic: &str, event: &str, payload: &Payload);
+    /// Closes this node's sockets with the socket id.
+    fn disconnect(&self, socket_id: &str);
+}
+
+/// When a topic's broker subscription is in place ([`Broker::ready`]).
+#[derive(Debug, Default)]
+pub struct Ready(Option<tokio::sync::oneshot::Receiver<()>>);
+
+impl Ready {
+    /// Already in place (or nothing to wait for).
+    pub fn now() -> Self {
+        Self(None)
+    }
+
+    /// In place once `receiver` fires (or its sender is dropped).
+    pub fn on(receiver: tokio::sync::oneshot::Receiver<()>) -> Self {
+        Self(Some(receiver))
+    }
+
+    /// Waits, at most [`READY_TIMEOUT`].
+    pub async fn wait(self) {
+        if let Some(receiver) = self.0 {
+            let _ = tokio::time::timeout(READY_TIMEOUT, receiver).await;
+        }
+    }
+}
 
 /// A socket subscribed to a topic.
 #[derive(Clone)]
@@ -36,18 +126,48 @@ pub enum Delivery {
 /// joining or leaving a crowded topic costs O(1).
 type Subscribers = HashMap<u64, Subscriber>;
 
-/// One app's subscriptions. Cheap to clone.
-#[derive(Clone, Default)]
+/// One app's subscriptions, and its broker. Cheap to clone.
+#[derive(Clone)]
 pub struct PubSub {
     topics: Arc<Mutex<HashMap<String, Subscribers>>>,
+    broker: Arc<dyn Broker>,
+}
+
+impl Default for PubSub {
+    /// A single node's.
+    fn default() -> Self {
+        Self::new(Arc::new(LocalBroker))
+    }
 }
 
 impl PubSub {
+    pub fn new(broker: Arc<dyn Broker>) -> Self {
+        Self {
+            topics: Arc::default(),
+            broker,
+        }
+    }
+
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
     pub fn subscribe(&self, topic: &str, subscriber: Subscriber) {
-        self.lock()
-            .entry(topic.to_owned())
-            .or_default()
-            .insert(subscriber.socket, subscriber);
+        let mut topics = self.lock();
+        let subscribers = topics.entry(topic.to_owned()).or_default();
+        if subscribers.is_empty() {
+            // Under the lock, so the broker sees first-and-last in order.
+            self.broker.subscribe(topic);
+        }
+        subscribers.insert(subscriber.socket, subscriber);
+    }
+
+    /// Resolves once broadcasts from other nodes reach this node's
+    /// subscribers of `topic` (at once on a single node), at most
+    /// [`READY_TIMEOUT`]: a join waits for it after subscribing, so
+    /// nothing published anywhere after its reply is missed.
+    pub async fn ready(&self, topic: &str) {
+        self.broker.ready(topic).wait().await;
     }
 
     /// Turns the subscription a joining channel made with a holding mailbox
@@ -58,10 +178,11 @@ impl PubSub {
     pub fn release(&self, topic: &str, subscriber: Subscriber, held: &Mailbox) {
         let mut topics = self.lock();
         subscriber.mailbox.take_from(held);
-        topics
-            .entry(topic.to_owned())
-            .or_default()
-            .insert(subscriber.socket, subscriber);
+        let subscribers = topics.entry(topic.to_owned()).or_default();
+        if subscribers.is_empty() {
+            self.broker.subscribe(topic);
+        }
+        subscribers.insert(subscriber.socket, subscriber);
     }
 
     pub fn unsubscribe(&self, topic: &str, socket: u64) {
@@ -70,12 +191,29 @@ impl PubSub {
             subscribers.remove(&socket);
             if subscribers.is_empty() {
                 topics.remove(topic);
+                self.broker.unsubscribe(topic);
             }
         }
     }
 
-    /// Delivers an event to every subscriber of `topic` but the socket
-    /// `except`. Returns how many subscribers it reached.
+    /// Delivers an event to this node's subscribers of `topic` (but the
+    /// socket `except`), then hands it to the broker for the other nodes.
+    /// Returns how many of this node's subscribers it reached.
+    pub fn broadcast(
+        &self,
+        topic: &str,
+        event: &str,
+        payload: &Payload,
+        except: Option<u64>,
+        delivery: Delivery,
+    ) -> usize {
+        let reached = self.deliver(topic, event, payload, except, delivery);
+        self.broker.publish(topic, event, payload);
+        reached
+    }
+
+    /// Delivers an event to every subscriber of `topic` on this node but
+    /// the socket `except`. Returns how many subscribers it reached.
     pub fn deliver(
         &self,
         topic: &str,
@@ -298,5 +436,52 @@ mod tests {
         pubsub.subscribe("t", a);
         pubsub.unsubscribe("t", 1);
         assert!(pubsub.lock().is_empty());
+    }
+
+    /// Records what a PubSub asks of its broker.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<String>>);
+
+    impl Broker for Recording {
+        fn subscribe(&self, topic: &str) {
+            self.0.lock().unwrap().push(format!("subscribe {topic}"));
+        }
+        fn unsubscribe(&self, topic: &str) {
+            self.0.lock().unwrap().push(format!("unsubscribe {topic}"));
+        }
+        fn ready(&self, _topic: &str) -> Ready {
+            Ready::now()
+        }
+        fn publish(&self, topic: &str, event: &str, _payload: &Payload) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("publish {topic} {event}"));
+        }
+        fn disconnect<'a>(&'a self, _socket_id: &'a str) -> BoxFuture<'a, usize> {
+            Box::pin(std::future::ready(0))
+        }
+    }
+
+    #[test]
+    fn the_broker_hears_first_and_last_subscribers_and_one_publish_per_broadcast() {
+        let broker = Arc::new(Recording::default());
+        let pubsub = PubSub::new(broker.clone());
+        let (a, a_box) = subscriber(1, Serializer::V2);
+        let (b, b_box) = subscriber(2, Serializer::V2);
+        pubsub.subscribe("t", a);
+        pubsub.subscribe("t", b);
+        // broadcast_from by socket 1: skipped here only; the other nodes
+        // get it once, for all their subscribers.
+        let reached = pubsub.broadcast("t", "e", &Payload::empty(), Some(1), Delivery::Fastlane);
+        assert_eq!(reached, 1);
+        assert!(frames(&a_box).is_empty());
+        assert_eq!(frames(&b_box).len(), 1);
+        pubsub.unsubscribe("t", 1);
+        pubsub.unsubscribe("t", 2);
+        assert_eq!(
+            *broker.0.lock().unwrap(),
+            ["subscribe t", "publish t e", "unsubscribe t"]
+        );
     }
 }
