@@ -363,6 +363,13 @@ pub struct Limits {
     /// How long a write to a client may block (a client that stopped
     /// reading); past it the socket is closed as a slow consumer.
     pub write_timeout_ms: u64,
+    /// Messages one socket may send per second (a burst of twice that);
+    /// past it each gets `{"reason":"rate limited"}`, and a client that
+    /// sends on through a burst's worth of refusals is closed (1008).
+    pub messages_per_second: u32,
+    /// Joins one socket may send per second (a burst of twice that), on
+    /// top of the message rate.
+    pub joins_per_second: u32,
     /// Longest topic and event name, in bytes; longer ones get an error reply.
     pub max_topic_bytes: usize,
     pub max_event_bytes: usize,
@@ -393,6 +400,8 @@ impl Default for Limits {
             max_connections: 100_000,
             reserved_connections: 1000,
             write_timeout_ms: 5_000,
+            messages_per_second: 100,
+            joins_per_second: 50,
             max_topic_bytes: 1024,
             max_event_bytes: 256,
             call_deadline_ms: 1_000,
@@ -515,7 +524,8 @@ impl Config {
                 l.call_deadline_ms,
                 l.join_deadline_ms,
             ];
-            if sizes.contains(&0) || times.contains(&0) {
+            let rates = [l.messages_per_second, l.joins_per_second];
+            if sizes.contains(&0) || times.contains(&0) || rates.contains(&0) {
                 bail!("app `{name}`: key `limits`: limits must be greater than zero");
             }
             app.secrets = resolve_all(&app.secret_sources, base)

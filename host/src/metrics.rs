@@ -30,6 +30,7 @@
 //! | `roost_broadcast_deliveries_total` | counter | `app` |
 //! | `roost_outbox_bytes` | gauge | `app` |
 //! | `roost_disconnects_total` | counter | `app`, `reason` |
+//! | `roost_rate_limited_total` | counter | `app`, `kind` |
 //! | `roost_connect_refusals_total` | counter | `app`, `transport`, `reason` |
 //! | `roost_longpoll_sessions` | gauge | |
 //! | `roost_guest_call_duration_seconds` | histogram | `app`, `plugin`, `callback` |
@@ -130,15 +131,20 @@ pub mod refusal {
 
 /// Server-initiated closes (label `reason` of `roost_disconnects_total`),
 /// as `mailbox::Close::reason` words them.
-const DISCONNECT_REASONS: [&str; 7] = [
+const DISCONNECT_REASONS: [&str; 8] = [
     "going away",
     "disconnected",
     "malformed frame",
     "slow consumer",
+    "rate limited",
     "frame too large",
     "idle timeout",
     "internal error",
 ];
+
+/// Messages refused for their rate (label `kind` of
+/// `roost_rate_limited_total`), by whether they were joins.
+const RATE_LIMITED_KINDS: [&str; 2] = ["message", "join"];
 
 /// Guest failures (label `kind`), as `runtime::PluginError::kind` names them.
 const FAILURE_KINDS: [&str; 5] = ["trap", "deadline", "memory", "bad_output", "instantiate"];
@@ -247,6 +253,12 @@ struct KindLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLabels {
+    app: String,
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     app: String,
     plugin: String,
@@ -346,6 +358,7 @@ struct Families {
     deliveries: Family<AppLabels, Counter>,
     outbox_bytes: Family<AppLabels, Gauge>,
     disconnects: Family<ReasonLabels, Counter>,
+    rate_limited: Family<RateLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     longpoll_sessions: Gauge,
     calls: Family<CallLabels, CallHistogram>,
@@ -377,6 +390,7 @@ impl Metrics {
             deliveries: Family::default(),
             outbox_bytes: Family::default(),
             disconnects: Family::default(),
+            rate_limited: Family::default(),
             refusals: Family::default(),
             longpoll_sessions: Gauge::default(),
             calls: Family::default(),
@@ -435,6 +449,11 @@ impl Metrics {
             "disconnects",
             "Sockets the server closed, by reason (slow_consumer, idle_timeout, ...)",
             f.disconnects.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Messages refused for their socket's rate, by kind: message, join",
+            f.rate_limited.clone(),
         );
         r.register(
             "connect_refusals",
@@ -522,6 +541,12 @@ impl Metrics {
                 reason: snake_case(reason),
             })
         });
+        let rate_limited = RATE_LIMITED_KINDS.map(|kind| {
+            f.rate_limited.get_or_create_owned(&RateLabels {
+                app: app.to_owned(),
+                kind: kind.to_owned(),
+            })
+        });
         let refusals = TRANSPORTS.map(|transport| {
             refusal::ALL.map(|reason| {
                 f.refusals.get_or_create_owned(&RefusalLabels {
@@ -542,6 +567,7 @@ impl Metrics {
                 deliveries: f.deliveries.get_or_create_owned(&labels),
                 outbox_bytes: f.outbox_bytes.get_or_create_owned(&labels),
                 disconnects,
+                rate_limited,
                 refusals,
             }),
         }
@@ -704,7 +730,9 @@ struct AppHandles {
     deliveries: Counter,
     outbox_bytes: Gauge,
     /// By [`DISCONNECT_REASONS`] index.
-    disconnects: [Counter; 7],
+    disconnects: [Counter; 8],
+    /// By [`RATE_LIMITED_KINDS`] index.
+    rate_limited: [Counter; 2],
     /// By [`TRANSPORTS`], then [`refusal::ALL`] index.
     refusals: [[Counter; refusal::ALL.len()]; 2],
 }
@@ -782,6 +810,11 @@ impl AppMetrics {
             }
             None => tracing::debug!(reason, "no disconnect metric for this reason"),
         }
+    }
+
+    /// A message refused for its socket's rate: a join, or another.
+    pub fn rate_limited(&self, join: bool) {
+        self.handles.rate_limited[usize::from(join)].inc();
     }
 
     /// A connection refused on `transport` for `reason` (see [`refusal`]).

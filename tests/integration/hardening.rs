@@ -283,3 +283,65 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
     assert!(started.elapsed() < std::time::Duration::from_secs(4));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_socket_over_its_message_rate_is_refused_then_closed_if_it_keeps_on() {
+    // A burst of 2, then one a second: the test sends far faster.
+    let server = TestServer::with_config(&config("messages_per_second = 1")).await;
+    let mut c = server.connect_v2().await;
+    for r in ["1", "2"] {
+        c.call(
+            &format!(r#"[null,"{r}","phoenix","heartbeat",{{}}]"#),
+            &format!(r#"[null,"{r}","phoenix","phx_reply",{{"response":{{}},"status":"ok"}}]"#),
+        )
+        .await;
+    }
+    // Refused, each answered, as many as a burst...
+    for r in ["3", "4"] {
+        c.call(
+            &format!(r#"[null,"{r}","phoenix","heartbeat",{{}}]"#),
+            &format!(
+                r#"[null,"{r}","phoenix","phx_reply",{{"response":{{"reason":"rate limited"}},"status":"error"}}]"#
+            ),
+        )
+        .await;
+    }
+    // ...and then the client that ignores them is closed.
+    c.send(r#"[null,"5","phoenix","heartbeat",{}]"#).await;
+    let close = c.expect_close().await.expect("a close frame");
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1008, "rate limited")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn joins_have_a_rate_of_their_own_and_refused_ones_reach_no_plugin() {
+    let server = TestServer::with_config(&config("joins_per_second = 1")).await;
+    let mut c = server.connect_v2().await;
+    for n in 1..=2 {
+        c.call(
+            &format!(r#"["{n}","{n}","ping:{n}","phx_join",{{}}]"#),
+            &format!(r#"["{n}","{n}","ping:{n}","phx_reply",{{"response":{{}},"status":"ok"}}]"#),
+        )
+        .await;
+    }
+    c.call(
+        r#"["3","3","ping:3","phx_join",{}]"#,
+        r#"["3","3","ping:3","phx_reply",{"response":{"reason":"rate limited"},"status":"error"}]"#,
+    )
+    .await;
+    assert_eq!(
+        server.app("/socket").channel_count(),
+        2,
+        "the third never joined"
+    );
+    // Other messages still pass.
+    c.call(
+        r#"["1","4","ping:1","ping",{}]"#,
+        r#"["1","4","ping:1","phx_reply",{"response":{"ping":"pong"},"status":"ok"}]"#,
+    )
+    .await;
+    server.stop().await;
+}

@@ -61,8 +61,9 @@ async fn join_of_an_unrouted_topic_is_unmatched_with_a_null_join_ref() {
 }
 
 #[tokio::test]
-async fn the_101st_join_is_refused_by_default() {
-    let server = TestServer::demo().await;
+async fn the_101st_join_is_refused_by_the_default_channel_limit() {
+    // Joins as fast as they are answered: past the join rate's burst.
+    let server = TestServer::demo_with("joins_per_second = 1000").await;
     let mut c = server.connect_v2().await;
     for i in 1..=100 {
         c.call(

@@ -35,7 +35,7 @@ impl Site {
 
     fn config_text(&self, extra_routes: &str, extra_apps: &str) -> String {
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[apps.demo]\nmount = \"/socket\"\n[apps.demo.routes]\n\"counter:*\" = \"counter.wasm\"\n\"ping\" = \"{ping}\"\n{extra_routes}\n{extra_apps}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[apps.demo]\nmount = \"/socket\"\n# Traffic on one socket, as fast as it is answered.\nlimits = {{ messages_per_second = 1000000 }}\n[apps.demo.routes]\n\"counter:*\" = \"counter.wasm\"\n\"ping\" = \"{ping}\"\n{extra_routes}\n{extra_apps}",
             ping = plugin("ping").display()
         )
     }

@@ -16,6 +16,8 @@ pub enum Close {
     MalformedFrame,
     /// The client did not read fast enough and its outbox overflowed.
     SlowConsumer,
+    /// The client kept sending past its rate after being refused.
+    RateLimited,
     /// A frame was larger than the app's `max_frame_bytes`.
     FrameTooLarge,
     /// Nothing arrived within the app's idle timeout.
@@ -29,7 +31,7 @@ impl Close {
         match self {
             Self::GoingAway | Self::Disconnected => 1001,
             Self::MalformedFrame => 1007,
-            Self::SlowConsumer => 1008,
+            Self::SlowConsumer | Self::RateLimited => 1008,
             Self::FrameTooLarge => 1009,
             Self::InternalError => 1011,
             Self::IdleTimeout => 4000,
@@ -43,6 +45,7 @@ impl Close {
             Self::Disconnected => "disconnected",
             Self::MalformedFrame => "malformed frame",
             Self::SlowConsumer => "slow consumer",
+            Self::RateLimited => "rate limited",
             Self::FrameTooLarge => "frame too large",
             Self::IdleTimeout => "idle timeout",
             Self::InternalError => "internal error",

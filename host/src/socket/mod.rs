@@ -12,6 +12,7 @@
 //! flush, then the next event awaited — and guest code runs only from the
 //! session's handlers, never from a transport's write path.
 
+mod rate;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -106,7 +107,11 @@ pub async fn run<C: Connection>(
                 match inbound {
                     None => break None,
                     Some(Err(close)) => break Some(close),
-                    Some(Ok(message)) => Box::pin(session.handle(message)).await,
+                    Some(Ok(message)) => {
+                        if let Err(close) = Box::pin(session.handle(message)).await {
+                            break Some(close);
+                        }
+                    }
                 }
             }
         }

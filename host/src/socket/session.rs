@@ -40,6 +40,8 @@ use crate::protocol::{self, Message, Outbound, Payload, Serializer, event};
 use crate::pubsub::Subscriber;
 use crate::runtime::{CallContext, Called, Effect, Outcome, PluginError, PluginSlot};
 
+use super::rate::{Rates, Verdict};
+
 /// Source of server-unique socket numbers, used to tell subscribers apart.
 static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
 
@@ -120,6 +122,8 @@ pub struct Session {
     timers: Option<Box<DelayQueue<Fired>>>,
     /// Zero-delay timers, in the order they were set.
     due: VecDeque<Fired>,
+    /// How fast the client may send.
+    rates: Rates,
     /// This connection's place in the server's and the app's limits.
     _permit: ConnectionPermit,
 }
@@ -133,7 +137,9 @@ impl Session {
         permit: ConnectionPermit,
     ) -> Self {
         let Identity { socket_id, claims } = identity;
-        let mailbox = Mailbox::new(app.state().limits().outbox_bytes);
+        let state = app.state();
+        let mailbox = Mailbox::new(state.limits().outbox_bytes);
+        let rates = Rates::new(state.limits());
         let socket = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
         app.register_socket(socket, socket_id.clone(), mailbox.clone());
         Self {
@@ -146,6 +152,7 @@ impl Session {
             channels: HashMap::new(),
             timers: None,
             due: VecDeque::new(),
+            rates,
             _permit: permit,
         }
     }
@@ -172,24 +179,24 @@ impl Session {
     /// The returned future holds a whole plugin call's state (kilobytes);
     /// callers that live as long as a connection box it, so an idle socket
     /// does not carry that space.
-    pub async fn handle(&mut self, message: Message) {
+    pub async fn handle(&mut self, message: Message) -> Result<(), Close> {
         self.app.metrics().message_in();
-        if message.topic == event::PHOENIX && message.event == event::HEARTBEAT {
-            let reply = reply(
-                None,
-                message.ref_,
-                message.topic,
-                event::OK,
-                Payload::empty(),
-            );
-            return self.send(reply);
-        }
-        if let Some(refusal) = self.oversized(&message) {
+        let state = self.app.state();
+        let limits = state.limits();
+        let join = message.event == event::PHX_JOIN;
+        let refusal = match self.rates.admit(limits, join) {
+            Verdict::Pass => Self::oversized(&message, limits),
+            Verdict::Refuse => {
+                self.app.metrics().rate_limited(join);
+                Some(Payload::json_raw(r#"{"reason":"rate limited"}"#))
+            }
+            Verdict::Close => return Err(Close::RateLimited),
+        };
+        if let Some(refusal) = refusal {
             // The reply echoes the topic if it fits the client's outbox (a
             // client matches replies by topic); past that, only up to the
             // limit: echoing a megabyte topic back would overflow the
             // outbox and disconnect the client instead of answering it.
-            let limits = self.limits();
             let Message {
                 join_ref,
                 ref_,
@@ -202,13 +209,26 @@ impl Session {
                 true => clipped(topic, limits.max_topic_bytes),
                 false => topic,
             };
-            return self.send(reply(
+            self.send(reply(
                 clip(join_ref),
                 clip(ref_),
                 topic,
                 event::ERROR,
                 refusal,
             ));
+            return Ok(());
+        }
+        drop(state);
+        if message.topic == event::PHOENIX && message.event == event::HEARTBEAT {
+            let reply = reply(
+                None,
+                message.ref_,
+                message.topic,
+                event::OK,
+                Payload::empty(),
+            );
+            self.send(reply);
+            return Ok(());
         }
         let current = self
             .channels
@@ -232,6 +252,7 @@ impl Session {
             (_, Some(false)) => {}
             (_, None) => self.send(unmatched(message)),
         }
+        Ok(())
     }
 
     /// Acts on a command from the mailbox; `Err` when the connection must
@@ -299,10 +320,9 @@ impl Session {
         }
     }
 
-    /// An error response for a topic or event name over the app's limits.
-    fn oversized(&self, message: &Message) -> Option<Payload> {
-        let state = self.app.state();
-        let limits = state.limits();
+    /// An error response for a topic, event name or ref over the app's
+    /// limits.
+    fn oversized(message: &Message, limits: &Limits) -> Option<Payload> {
         let long_ref = |r: &Option<String>| r.as_ref().is_some_and(|r| r.len() > MAX_REF_BYTES);
         if message.topic.len() > limits.max_topic_bytes {
             Some(Payload::json_raw(r#"{"reason":"topic too long"}"#))

@@ -635,6 +635,10 @@ capabilities = {{ kv = true }}
 "ping:*" = "{ping}"
 "room:*" = "{room}"
 "fixture:*" = "{fixture}"
+# Load scenarios send as fast as the server answers, on few sockets.
+[apps.demo.limits]
+messages_per_second = 1000000
+joins_per_second = 1000000
 "#,
         ping = plugin("ping").display(),
         room = plugin("room_chat").display(),
