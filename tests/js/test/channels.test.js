@@ -168,12 +168,31 @@ for (const [name, transport] of TRANSPORTS) {
     it("many pushes in one tick (more than one 100-line long-poll batch)", async (c) => {
       const socket = await c.connected(url(), transport);
       const ping = await c.joined(socket, "ping");
-      const phrases = Array.from({ length: 250 }, (_, i) => `p${i}`);
+      // 150: within a socket's burst of 200 messages (limits.messages_per_second).
+      const phrases = Array.from({ length: 150 }, (_, i) => `p${i}`);
       const replies = await Promise.all(phrases.map((p) => outcome(ping.push("ping", { ack_phrase: p }), 15_000)));
       assert.deepEqual(
         replies.map((r) => [r.status, r.response && r.response.ping]),
         phrases.map((p) => ["ok", p]),
       );
+    });
+
+    it("pushes past the socket's rate get an error reply, and the channel carries on", async (c) => {
+      const socket = await c.connected(url(), transport);
+      const ping = await c.joined(socket, "ping");
+      const phrases = Array.from({ length: 260 }, (_, i) => `p${i}`);
+      const replies = await Promise.all(phrases.map((p) => outcome(ping.push("ping", { ack_phrase: p }), 15_000)));
+      // The burst (200, less the join and any heartbeat) passes, each its own
+      // answer; the rest is refused, but for what the rate refilled meanwhile.
+      const answered = replies.filter((r, i) => r.status === "ok" && r.response.ping === phrases[i]);
+      const refused = replies.filter((r) => r.status === "error" && r.response.reason === "rate limited");
+      assert.equal(answered.length + refused.length, replies.length, "only answers and refusals");
+      assert.ok(answered.length >= 190, `${answered.length} answered`);
+      assert.ok(refused.length >= 20, `${refused.length} refused`);
+      // A second later the bucket has refilled.
+      await sleep(1100);
+      assert.equal(ping.state, "joined");
+      assert.deepEqual(await outcome(ping.push("ping", {})), { status: "ok", response: { ping: "pong" } });
     });
 
     it("a large payload round trip", async (c) => {
