@@ -17,11 +17,13 @@
 mod close;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 pub use close::Close;
 
@@ -94,7 +96,13 @@ pub struct Mailbox {
 
 struct Shared {
     state: Mutex<State>,
-    ready: Notify,
+    /// Set by every post, cleared when the socket sees it: the socket's
+    /// task is woken once per batch of posts, not once per post.
+    posted: AtomicBool,
+    /// The socket's task, waiting in [`Mailbox::ready`]. An `AtomicWaker`
+    /// rather than tokio's `Notify`: one consumer, so no waiter list and
+    /// no lock to take per wait.
+    waker: AtomicWaker,
     cap: usize,
 }
 
@@ -136,7 +144,8 @@ impl Mailbox {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
-                ready: Notify::new(),
+                posted: AtomicBool::new(false),
+                waker: AtomicWaker::new(),
                 cap,
             }),
         }
@@ -154,7 +163,7 @@ impl Mailbox {
             admitted
         };
         // An overflow wakes the socket too: it must close.
-        self.shared.ready.notify_one();
+        self.wake();
         posted
     }
 
@@ -168,7 +177,7 @@ impl Mailbox {
             }
             admitted
         };
-        self.shared.ready.notify_one();
+        self.wake();
         posted
     }
 
@@ -176,7 +185,7 @@ impl Mailbox {
     /// mailbox: a close must get through.
     pub fn post_control(&self, command: Command) {
         self.lock().commands.push_back(command);
-        self.shared.ready.notify_one();
+        self.wake();
     }
 
     /// Moves everything queued in `held` (a holding mailbox, see
@@ -194,7 +203,7 @@ impl Mailbox {
         };
         if overflowed {
             self.lock().overflow();
-            self.shared.ready.notify_one();
+            self.wake();
             return;
         }
         for frame in frames {
@@ -231,10 +240,29 @@ impl Mailbox {
         self.lock().overflowed
     }
 
-    /// Waits until something is posted (or the mailbox overflows). Single
-    /// consumer: the socket's own task.
+    /// Waits until something is posted (or the mailbox overflows) since
+    /// the last time it returned. Single consumer: the socket's own task.
     pub async fn ready(&self) {
-        self.shared.ready.notified().await;
+        let shared = &self.shared;
+        std::future::poll_fn(|cx| {
+            if shared.posted.swap(false, Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            shared.waker.register(cx.waker());
+            // A post between the check and the registration woke nobody.
+            match shared.posted.swap(false, Ordering::Acquire) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }
+        })
+        .await;
+    }
+
+    /// Tells the socket's task, unless a post since it last looked already has.
+    fn wake(&self) {
+        if !self.shared.posted.swap(true, Ordering::Release) {
+            self.shared.waker.wake();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -2,7 +2,10 @@
 //! topic, fan-out to their mailboxes, and the broker that carries
 //! broadcasts to the other nodes of a cluster.
 //!
-//! One `PubSub` per app, so topics never cross apps. Fan-out encodes a
+//! One `PubSub` per app, so topics never cross apps. Each topic's
+//! subscribers have a lock of their own: a fan-out to a crowded topic holds
+//! up neither other topics' broadcasts nor joins elsewhere, and the app-wide
+//! map is locked only to find a topic. Fan-out encodes a
 //! broadcast once per serializer and hands every subscriber the same shared
 //! bytes (Phoenix's "fastlane"), or posts it as a command for each
 //! subscriber's `handle_out` when the topic's plugin intercepts the event.
@@ -33,7 +36,8 @@ mod wire;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::mailbox::{Command, Intercepted, Mailbox, WireFrame};
@@ -126,10 +130,39 @@ pub enum Delivery {
 /// joining or leaving a crowded topic costs O(1).
 type Subscribers = HashMap<u64, Subscriber>;
 
+/// One topic's subscribers, behind their own lock.
+#[derive(Default)]
+struct Topic {
+    subscribers: Mutex<Listed>,
+    /// `subscribers.len()`, readable without the lock (the dashboard's
+    /// busiest topics).
+    count: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Listed {
+    subscribers: Subscribers,
+    /// Taken out of the app's map (its last subscriber left): a subscriber
+    /// that found it before must look again.
+    removed: bool,
+}
+
+impl Topic {
+    fn lock(&self) -> MutexGuard<'_, Listed> {
+        // Every update is a single step, so a poisoned set is still consistent.
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// One app's subscriptions, and its broker. Cheap to clone.
+///
+/// Locks: the app's map, then (after letting it go) a topic's; only
+/// `unsubscribe` takes the map while holding a topic (to remove the empty
+/// topic), and nothing takes a topic while holding the map, so the two
+/// never wait on each other in a circle.
 #[derive(Clone)]
 pub struct PubSub {
-    topics: Arc<Mutex<HashMap<String, Subscribers>>>,
+    topics: Arc<Mutex<HashMap<String, Arc<Topic>>>>,
     broker: Arc<dyn Broker>,
 }
 
@@ -153,13 +186,29 @@ impl PubSub {
     }
 
     pub fn subscribe(&self, topic: &str, subscriber: Subscriber) {
-        let mut topics = self.lock();
-        let subscribers = topics.entry(topic.to_owned()).or_default();
-        if subscribers.is_empty() {
-            // Under the lock, so the broker sees first-and-last in order.
-            self.broker.subscribe(topic);
+        self.add(topic, subscriber, |_| {});
+    }
+
+    /// Adds `subscriber` to `topic`, first running `before` under the
+    /// topic's lock. The first subscriber tells the broker, under that
+    /// lock too, so the broker sees first-and-last in order.
+    fn add(&self, name: &str, subscriber: Subscriber, before: impl FnOnce(&Subscriber)) {
+        loop {
+            let topic = self.lock().entry(name.to_owned()).or_default().clone();
+            let mut listed = topic.lock();
+            if listed.removed {
+                continue;
+            }
+            before(&subscriber);
+            if listed.subscribers.is_empty() {
+                self.broker.subscribe(name);
+            }
+            listed.subscribers.insert(subscriber.socket, subscriber);
+            topic
+                .count
+                .store(listed.subscribers.len(), Ordering::Relaxed);
+            return;
         }
-        subscribers.insert(subscriber.socket, subscriber);
     }
 
     /// Resolves once broadcasts from other nodes reach this node's
@@ -176,23 +225,29 @@ impl PubSub {
     /// lands in between: the socket gets the topic's broadcasts from before
     /// its join reply, in order, right after that reply.
     pub fn release(&self, topic: &str, subscriber: Subscriber, held: &Mailbox) {
-        let mut topics = self.lock();
-        subscriber.mailbox.take_from(held);
-        let subscribers = topics.entry(topic.to_owned()).or_default();
-        if subscribers.is_empty() {
-            self.broker.subscribe(topic);
-        }
-        subscribers.insert(subscriber.socket, subscriber);
+        self.add(topic, subscriber, |subscriber| {
+            subscriber.mailbox.take_from(held);
+        });
     }
 
-    pub fn unsubscribe(&self, topic: &str, socket: u64) {
-        let mut topics = self.lock();
-        if let Some(subscribers) = topics.get_mut(topic) {
-            subscribers.remove(&socket);
-            if subscribers.is_empty() {
-                topics.remove(topic);
-                self.broker.unsubscribe(topic);
+    pub fn unsubscribe(&self, name: &str, socket: u64) {
+        let Some(topic) = self.lock().get(name).cloned() else {
+            return;
+        };
+        let mut listed = topic.lock();
+        listed.subscribers.remove(&socket);
+        topic
+            .count
+            .store(listed.subscribers.len(), Ordering::Relaxed);
+        if listed.subscribers.is_empty() && !listed.removed {
+            listed.removed = true;
+            let mut topics = self.lock();
+            if topics.get(name).is_some_and(|t| Arc::ptr_eq(t, &topic)) {
+                topics.remove(name);
             }
+            // Under the map's lock: a new first subscriber, which needs it
+            // to make the topic again, tells the broker after this.
+            self.broker.unsubscribe(name);
         }
     }
 
@@ -222,11 +277,14 @@ impl PubSub {
         except: Option<u64>,
         delivery: Delivery,
     ) -> usize {
-        // Fan-out runs under the lock: posting to a mailbox never waits.
-        let topics = self.lock();
-        let Some(subscribers) = topics.get(topic) else {
+        let Some(listed) = self.lock().get(topic).cloned() else {
             return 0;
         };
+        // Fan-out runs under the topic's lock (posting to a mailbox never
+        // waits), so every subscriber gets the topic's broadcasts in one
+        // order.
+        let listed = listed.lock();
+        let subscribers = &listed.subscribers;
         if delivery == Delivery::Intercepted {
             let intercepted = Arc::new(Intercepted {
                 topic: topic.to_owned(),
@@ -267,13 +325,14 @@ impl PubSub {
     }
 
     /// How many topics have subscribers, and the `n` with the most, most
-    /// first. Walks every topic under the lock (broadcasts wait): for the
-    /// dashboard, once a second, not for a hot path.
+    /// first. Walks every topic under the map's lock (lookups wait, fan-outs
+    /// in progress do not): for the dashboard, once a second, not for a hot
+    /// path.
     pub fn busiest(&self, n: usize) -> (usize, Vec<(String, usize)>) {
         let topics = self.lock();
         let mut top: Vec<(usize, &String)> = Vec::with_capacity(n + 1);
-        for (topic, subscribers) in topics.iter() {
-            let count = subscribers.len();
+        for (name, topic) in topics.iter() {
+            let (count, topic) = (topic.count.load(Ordering::Relaxed), name);
             // Most subscribers first; ties by name, so the list is stable.
             let at = top.partition_point(|(c, t)| *c > count || (*c == count && *t < topic));
             if at < n {
@@ -288,7 +347,7 @@ impl PubSub {
         (topics.len(), top)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Subscribers>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Topic>>> {
         // Every update is a single step, so a poisoned map is still consistent.
         self.topics.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -427,6 +486,81 @@ mod tests {
                 ("b".to_owned(), 1)
             ]
         );
+    }
+
+    /// Several publishers at once to a big room: every subscriber gets
+    /// every broadcast, each publisher's in its order — indeed all in one
+    /// order, the same for everyone.
+    #[test]
+    fn ten_thousand_subscribers_get_every_broadcast_in_one_order() {
+        let pubsub = PubSub::default();
+        let mailboxes: Vec<Mailbox> = (0..10_000)
+            .map(|socket| {
+                let (s, mailbox) = subscriber(socket, Serializer::V2);
+                pubsub.subscribe("room", s);
+                mailbox
+            })
+            .collect();
+        let (publishers, each) = (3, 20);
+        std::thread::scope(|scope| {
+            for p in 0..publishers {
+                let pubsub = &pubsub;
+                scope.spawn(move || {
+                    for i in 0..each {
+                        let payload = Payload::json_raw(&format!(r#"{{"p":{p},"i":{i}}}"#));
+                        let reached =
+                            pubsub.deliver("room", "m", &payload, None, Delivery::Fastlane);
+                        assert_eq!(reached, 10_000);
+                    }
+                });
+            }
+        });
+        let first = frames(&mailboxes[0]);
+        assert_eq!(first.len(), publishers * each, "every broadcast");
+        for p in 0..publishers {
+            let mine: Vec<&String> = first
+                .iter()
+                .filter(|f| f.contains(&format!(r#""p":{p},"#)))
+                .collect();
+            let expected: Vec<String> = (0..each)
+                .map(|i| format!(r#"[null,null,"room","m",{{"p":{p},"i":{i}}}]"#))
+                .collect();
+            assert_eq!(
+                mine,
+                expected.iter().collect::<Vec<_>>(),
+                "publisher {p}'s order"
+            );
+        }
+        for mailbox in &mailboxes[1..] {
+            assert_eq!(frames(mailbox), first, "the same order for everyone");
+        }
+    }
+
+    #[test]
+    fn a_topic_emptied_and_joined_again_concurrently_keeps_its_subscriber() {
+        let broker = Arc::new(Recording::default());
+        let pubsub = PubSub::new(broker.clone());
+        for round in 0..200u64 {
+            let (a, _) = subscriber(2 * round, Serializer::V2);
+            pubsub.subscribe("t", a);
+            let (b, b_box) = subscriber(2 * round + 1, Serializer::V2);
+            std::thread::scope(|scope| {
+                scope.spawn(|| pubsub.unsubscribe("t", 2 * round));
+                scope.spawn(|| pubsub.subscribe("t", b));
+            });
+            assert_eq!(
+                pubsub.deliver("t", "e", &Payload::empty(), None, Delivery::Fastlane),
+                1
+            );
+            assert_eq!(frames(&b_box).len(), 1, "round {round}: b is subscribed");
+            pubsub.unsubscribe("t", 2 * round + 1);
+        }
+        assert!(pubsub.lock().is_empty());
+        // The broker heard subscribe and unsubscribe in turn, never two in a row.
+        let heard = broker.0.lock().unwrap();
+        for pair in heard.windows(2) {
+            assert_ne!(pair[0], pair[1], "{heard:?}");
+        }
     }
 
     #[test]
