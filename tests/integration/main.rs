@@ -4,6 +4,7 @@
 mod admin;
 mod apps;
 mod channels;
+mod dev;
 mod longpoll;
 mod presence;
 mod protocol;

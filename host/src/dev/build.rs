@@ -8,7 +8,7 @@
 //! status API and the dashboard show. `dev/mod.rs` decides when to build;
 //! `dev/project.rs` says how.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ pub struct Built {
 pub async fn run(project: &Project, rust: RustBuild) -> Built {
     let started = Instant::now();
     let described = project.describe(rust);
-    let prefix = &project.plugin;
+    let prefix = &project.label();
     say(&format!("{prefix} | building: {described}"));
     let mut command = tokio::process::Command::from(project.command(rust));
     if std::io::stderr().is_terminal() {
@@ -119,10 +119,10 @@ async fn next<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
-/// One line on stderr, written whole (two builds' lines never mix).
+/// One line on stderr, written whole (two builds' lines never mix; a test
+/// harness captures it).
 fn say(line: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{line}");
+    eprintln!("{line}");
 }
 
 /// The build's messages worth keeping: no progress lines, no colours.

@@ -471,9 +471,11 @@ fn report(
 ) {
     let took_ms = built.took.as_millis() as u64;
     match &built.error {
-        None => tracing::info!(plugin = %project.plugin, took_ms, result = "ok", "rebuilt"),
+        None => {
+            tracing::info!(plugin = %project.plugin, lang = project.lang(), took_ms, result = "ok", "rebuilt")
+        }
         Some(error) => {
-            tracing::warn!(plugin = %project.plugin, took_ms, result = "failed", "rebuild failed, the last good version keeps serving");
+            tracing::warn!(plugin = %project.plugin, lang = project.lang(), took_ms, result = "failed", "rebuild failed, the last good version keeps serving");
             for app in apps.map(Apps::all).unwrap_or_default() {
                 for slot in app.state().router().slots() {
                     if project::normalize(slot.path()) == project.output {

@@ -189,6 +189,24 @@ impl Project {
         format!("`{}` in {dir}", words.join(" "))
     }
 
+    /// `rust` or `js`.
+    pub fn lang(&self) -> &'static str {
+        match self.kind {
+            Kind::Rust { .. } => "rust",
+            Kind::Js { .. } => "js",
+        }
+    }
+
+    /// The prefix of its build's output lines: the plugin's name, and for
+    /// JS the language too (the sample config serves a Rust and a JS
+    /// `room_chat`).
+    pub fn label(&self) -> String {
+        match self.kind {
+            Kind::Rust { .. } => self.plugin.clone(),
+            Kind::Js { .. } => format!("{} (js)", self.plugin),
+        }
+    }
+
     /// What builds it, for the log line when watching starts.
     pub fn summary(&self) -> String {
         match &self.kind {
