@@ -48,7 +48,10 @@ fn write_config(dir: &Path, topic: &str, plugin: &Path) -> PathBuf {
 }
 
 /// Starts the server and `dev` on `config`, as `roost dev` does.
-async fn start(config: &Path, rust: RustBuild) -> (TestServer, broadcast::Receiver<Rebuilt>) {
+async fn start(
+    config: &Path,
+    rust: RustBuild,
+) -> (TestServer, broadcast::Receiver<Rebuilt>, usize) {
     let mut config = Config::load(config).expect("config loads");
     let dev = Dev::prepare(&mut config, rust)
         .await
@@ -56,12 +59,13 @@ async fn start(config: &Path, rust: RustBuild) -> (TestServer, broadcast::Receiv
     assert_eq!(dev.projects().count(), 1, "the plugin's project is found");
     let builds = dev.subscribe();
     let server = TestServer::start(config).await;
-    dev.start(
-        server.server().apps().clone(),
-        server.server().tasks().clone(),
-    )
-    .expect("dev watches");
-    (server, builds)
+    let first_builds = dev
+        .start(
+            server.server().apps().clone(),
+            server.server().tasks().clone(),
+        )
+        .expect("dev watches");
+    (server, builds, first_builds)
 }
 
 /// Replaces `file`'s text as an editor's save does (write, then rename).
@@ -184,7 +188,8 @@ async fn dev_rebuilds_a_js_plugin_on_save_and_keeps_serving_through_a_broken_edi
     // Not built yet: `dev` builds it before the server loads the config.
     assert!(!made.output.exists());
     let config = write_config(dir.path(), "counter:*", &made.output);
-    let (server, mut builds) = start(&config, RustBuild::default()).await;
+    let (server, mut builds, first_builds) = start(&config, RustBuild::default()).await;
+    assert_eq!(first_builds, 0, "dev built it just now");
     edit_and_break(
         &server,
         &mut builds,
@@ -247,8 +252,9 @@ async fn dev_rebuilds_a_rust_plugin_in_a_shared_target_dir_found_by_its_dep_info
     let rust = RustBuild {
         exact_profile: true,
     };
-    let (server, mut builds) = start(&config, rust).await;
+    let (server, mut builds, first_builds) = start(&config, rust).await;
     // `dev` builds a Rust project once when it starts (nothing to do here).
+    assert_eq!(first_builds, 1);
     let first = next_build(&mut builds).await;
     assert!(first.error.is_none(), "{:?}", first.error);
     edit_and_break(

@@ -141,8 +141,8 @@ impl Dev {
     /// knows whether anything changed since the file was built; the first
     /// one with the quick profile also builds the dependencies, so that the
     /// first save does not), and each JS project whose sources are newer
-    /// than its file.
-    pub fn start(self, apps: Apps, shutdown: Shutdown) -> anyhow::Result<()> {
+    /// than its file. Returns how many builds that starts.
+    pub fn start(self, apps: Apps, shutdown: Shutdown) -> anyhow::Result<usize> {
         let (events, changed) = mpsc::unbounded_channel();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
@@ -183,12 +183,14 @@ impl Dev {
         if let Some(dir) = watching.config.as_deref().and_then(Path::parent) {
             watching.watch(dir.to_owned(), RecursiveMode::NonRecursive);
         }
+        let mut first_builds = 0;
         for project in self.projects.into_values() {
             let first = first_build_due(&project);
+            first_builds += usize::from(first);
             watching.add(project, first);
         }
         shutdown.clone().spawn(watching.run(changed));
-        Ok(())
+        Ok(first_builds)
     }
 
     fn with_static_excluded(&self, mut project: Project) -> Project {
