@@ -269,15 +269,17 @@ fn install_phoenix_client(web: &Path) {
 }
 
 /// A plugin's directory, but not its `www/`: that page is served from disk
-/// (`[apps.X] static`), so editing it needs no build.
+/// (`[apps.X] static`), so editing it needs no build; nor a `target/`, which
+/// a plugin made by `roost new` has (a workspace of its own, which `roost
+/// dev` builds there on every save).
 fn watch_sources(dir: &Path) {
-    if !dir.join("www").is_dir() {
+    if !dir.join("www").is_dir() && !dir.join("target").is_dir() {
         println!("cargo:rerun-if-changed={}", dir.display());
         return;
     }
     let entries = std::fs::read_dir(dir).expect("reading a plugin directory");
     for entry in entries.flatten() {
-        if entry.file_name() != "www" {
+        if entry.file_name() != "www" && entry.file_name() != "target" {
             println!("cargo:rerun-if-changed={}", entry.path().display());
         }
     }

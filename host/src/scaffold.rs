@@ -251,7 +251,8 @@ pub fn run(
             add_route(config, app, &line)?;
             println!(
                 "routed in {} under [apps.{app}.routes]: {line}
-(build it before the server loads the config: the route names the file the build writes)",
+(`roost dev` builds it, then rebuilds it on every save; for `roost serve`, build it first: \
+the route names the file the build writes)",
                 config.display()
             );
         }
