@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apps::Apps;
 use crate::config::Config;
 use crate::reload;
+use crate::runtime::PluginSlot;
 use crate::shutdown::Shutdown;
 pub use build::Built;
 pub use project::{Kind, Project, RustBuild};
@@ -292,6 +293,7 @@ impl Watching {
         let stop = CancellationToken::new();
         let rebuild = Rebuild {
             project: project.clone(),
+            config: self.config.clone(),
             apps: self.apps.clone(),
             rust: self.rust,
             events: self.events.clone(),
@@ -310,9 +312,8 @@ impl Watching {
     }
 
     /// The config changed: stop watching plugins no longer routed, start
-    /// watching new ones, building their files first if they do not exist
-    /// (and then applying the config, which the server's reload refused for
-    /// the missing file).
+    /// watching new ones (building them at once if their file does not
+    /// exist yet).
     async fn rescan(&mut self) {
         let Some(path) = self.config.clone() else {
             return;
@@ -341,7 +342,6 @@ impl Watching {
                 !self.running.contains_key(output) && !self.unbuildable.contains(output)
             })
             .collect();
-        let mut built_missing = false;
         for (output, found) in discover(new).await {
             let mut project = match found {
                 Ok(project) => project,
@@ -356,18 +356,10 @@ impl Watching {
             };
             exclude_static(&mut project, &self.static_dirs);
             tracing::info!(plugin = %project.plugin, "dev: rebuilding {} from {} when its sources change", output.display(), project.summary());
-            if !project.output.exists() {
-                let built = self.locks.build(&project, self.rust).await;
-                report(Some(&self.apps), &self.events, &project, &built);
-                built_missing |= built.error.is_none();
-                self.add(project, false);
-            } else {
-                let first = first_build_due(&project);
-                self.add(project, first);
-            }
-        }
-        if built_missing {
-            reload::reload_config(&self.apps, &path).await;
+            // A missing file is among the first builds; once it exists, the
+            // rebuild loop applies the config the server refused without it.
+            let first = first_build_due(&project);
+            self.add(project, first);
         }
     }
 }
@@ -376,6 +368,9 @@ impl Watching {
 /// report; changes during a build make one more build after it.
 struct Rebuild {
     project: Arc<Project>,
+    /// The config file, applied again after a build that no slot serves yet:
+    /// the server refused a config whose route named a missing file.
+    config: Option<PathBuf>,
     apps: Apps,
     rust: RustBuild,
     events: broadcast::Sender<Rebuilt>,
@@ -422,6 +417,13 @@ impl Rebuild {
                 () = &mut stopped => return,
                 built = self.locks.build(&self.project, self.rust) => built,
             };
+            let served = !slots_serving(&self.apps, &self.project.output).is_empty();
+            if built.error.is_none()
+                && !served
+                && let Some(config) = &self.config
+            {
+                reload::reload_config(&self.apps, config).await;
+            }
             report(Some(&self.apps), &self.events, &self.project, &built);
         }
     }
@@ -478,16 +480,27 @@ fn report(
         }
         Some(error) => {
             tracing::warn!(plugin = %project.plugin, lang = project.lang(), took_ms, result = "failed", "rebuild failed, the last good version keeps serving");
-            for app in apps.map(Apps::all).unwrap_or_default() {
-                for slot in app.state().router().slots() {
-                    if project::normalize(slot.path()) == project.output {
-                        slot.record_failure(error.clone());
-                    }
-                }
+            for slot in apps.map_or_else(Vec::new, |apps| slots_serving(apps, &project.output)) {
+                slot.record_failure(error.clone());
             }
         }
     }
     let _ = events.send(built.clone());
+}
+
+/// Every app's slot serving the plugin file `output`.
+fn slots_serving(apps: &Apps, output: &Path) -> Vec<Arc<PluginSlot>> {
+    apps.all()
+        .iter()
+        .flat_map(|app| {
+            app.state()
+                .router()
+                .slots()
+                .filter(|slot| project::normalize(slot.path()) == output)
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Whether a project is built as soon as watching starts: Rust always
