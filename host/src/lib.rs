@@ -30,6 +30,8 @@
 //! - [`protocol`]: the wire formats and topic patterns — pure code, no I/O.
 //! - [`reload`]: watches plugin files and the config, swaps in new versions.
 //! - [`scaffold`]: `roost new`, a new plugin project in Rust or JavaScript.
+//! - [`dev`]: `roost dev` — rebuilds a plugin when its sources change (the
+//!   server's hot reload then swaps it in).
 //! - [`api`]: the per-app HTTP API (broadcast, disconnect, status) and health.
 //! - [`web`]: each app's static files and the official phoenix client, over
 //!   plain HTTP.
@@ -75,6 +77,7 @@ pub mod channel;
 pub mod clients;
 pub mod cluster;
 pub mod config;
+pub mod dev;
 pub mod listener;
 pub mod mailbox;
 pub mod metrics;

@@ -1,4 +1,5 @@
-//! The `roost` command: `roost serve` runs the server, `roost token` mints a
+//! The `roost` command: `roost serve` runs the server, `roost dev` runs it
+//! and rebuilds plugins as their sources change, `roost token` mints a
 //! token for an app, `roost new` creates a plugin project.
 
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use roost_host::auth;
 use roost_host::config::Config;
-use roost_host::{scaffold, server};
+use roost_host::{dev, scaffold, server};
 use serde_json::Value;
 use tracing_subscriber::EnvFilter;
 
@@ -37,6 +38,22 @@ enum Command {
         /// cluster, each node has its own).
         #[arg(long)]
         node: Option<String>,
+    },
+    /// Start the server as `serve` does, and rebuild each plugin whose
+    /// project (a cargo package or a roost-js npm package) is found when
+    /// its sources change; the server hot-reloads the new build.
+    Dev {
+        /// The config file.
+        #[arg(long, short, default_value = "roost.toml", env = "ROOST_CONFIG")]
+        config: PathBuf,
+        /// Listen on this address instead of the config's `server.listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Build Rust plugins with their release profile exactly as written
+        /// (LTO and all) instead of the quicker one `dev` uses by default
+        /// (no LTO, incremental, 16 codegen units).
+        #[arg(long)]
+        exact_profile: bool,
     },
     /// Print a token (HS256 JWT) signed with an app's first secret.
     Token {
@@ -136,6 +153,24 @@ async fn main() -> anyhow::Result<()> {
                 config.server.node = node;
             }
             let running = server::start(config).await?;
+            let signal = shutdown_signal().await?;
+            tracing::info!(signal, "shutting down");
+            running.shutdown().await;
+            Ok(())
+        }
+        Command::Dev {
+            config,
+            listen,
+            exact_profile,
+        } => {
+            let mut config = Config::load(&config)?;
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            let rust = dev::RustBuild { exact_profile };
+            let dev = dev::Dev::prepare(&mut config, rust).await?;
+            let running = server::start(config).await?;
+            dev.start(running.apps().clone(), running.tasks().clone())?;
             let signal = shutdown_signal().await?;
             tracing::info!(signal, "shutting down");
             running.shutdown().await;

@@ -219,7 +219,10 @@ async fn reload_plugin(apps: &Apps, path: &Path) {
     }
 }
 
-async fn reload_config(apps: &Apps, path: &Path) {
+/// Loads the config at `path` and applies it whole, or logs why not and
+/// keeps the running one (also used by `roost dev` once it has built the
+/// files a new route names).
+pub(crate) async fn reload_config(apps: &Apps, path: &Path) {
     let applied = match Config::load(path) {
         Ok(config) => apps.apply(config.apps).await,
         Err(error) => Err(error),

@@ -125,8 +125,25 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
 }
 
 /// Writes a new plugin project `name` into `dir` (which must not exist),
-/// serving `topic` (default `<name>:*`).
+/// serving `topic` (default `<name>:*`), depending on the SDK of the Roost
+/// checkout `dir` is in.
 pub fn create(name: &str, lang: Lang, topic: Option<&str>, dir: &Path) -> anyhow::Result<Created> {
+    check_name(name)?;
+    let parent = absolute(dir.parent().unwrap_or(Path::new(".")))?;
+    let sdk = find_sdk(&parent, lang)?;
+    create_with_sdk(name, lang, topic, dir, &sdk)
+}
+
+/// [`create`], depending on the SDK at `sdk` (`guest-sdk/` for Rust,
+/// `guest-sdk/js/` for JS) wherever `dir` is: for projects made outside a
+/// checkout, as the tests and the `dev` bench do.
+pub fn create_with_sdk(
+    name: &str,
+    lang: Lang,
+    topic: Option<&str>,
+    dir: &Path,
+    sdk: &Path,
+) -> anyhow::Result<Created> {
     check_name(name)?;
     let topic = topic.map_or_else(|| format!("{name}:*"), str::to_owned);
     check_topic(&topic)?;
@@ -141,8 +158,7 @@ pub fn create(name: &str, lang: Lang, topic: Option<&str>, dir: &Path) -> anyhow
         dir.file_name()
             .context("the project directory has no name")?,
     );
-    let sdk = find_sdk(&parent, lang)?;
-    let sdk = relative(&dir, &sdk);
+    let sdk = relative(&dir, &absolute(sdk)?);
     let files = match lang {
         Lang::Rust => rust_files(name, &topic, &sdk),
         Lang::Js => js_files(name, &topic, &sdk),
@@ -235,7 +251,8 @@ pub fn run(
             add_route(config, app, &line)?;
             println!(
                 "routed in {} under [apps.{app}.routes]: {line}
-(build it before the server loads the config: the route names the file the build writes)",
+(`roost dev` builds it, then rebuilds it on every save; for `roost serve`, build it first: \
+the route names the file the build writes)",
                 config.display()
             );
         }

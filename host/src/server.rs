@@ -59,6 +59,12 @@ impl Running {
         self.apps.runtime()
     }
 
+    /// The server's shutdown: tasks spawned through it end, and are waited
+    /// for, when the server shuts down (`roost dev`'s rebuild loops).
+    pub fn tasks(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
     pub fn longpoll_sessions(&self) -> &longpoll::Sessions {
         self.transports.longpoll_sessions()
     }

@@ -396,6 +396,23 @@ async fn api_broadcasts_reach_subscribers_and_intercepts() {
         "{body}"
     );
     assert!(plugins.iter().all(|p| p["last_error"].is_null()), "{body}");
+    // Each warm instance reports its linear memory: at least a page, at
+    // most the app's cap.
+    let warm: Vec<&Value> = plugins
+        .iter()
+        .filter(|p| p["warm_instances"].as_u64() > Some(0))
+        .collect();
+    assert!(!warm.is_empty(), "{body}");
+    for plugin in warm {
+        let memory = plugin["warm_memory_bytes"].as_array().expect("memory");
+        assert_eq!(Some(memory.len() as u64), plugin["warm_instances"].as_u64());
+        assert!(
+            memory
+                .iter()
+                .all(|m| m.as_u64().is_some_and(|m| (65_536..=64 << 20).contains(&m))),
+            "{body}"
+        );
+    }
     server.stop().await;
 }
 

@@ -5,6 +5,7 @@ mod admin;
 mod apps;
 mod channels;
 mod cluster;
+mod dev;
 mod hardening;
 mod longpoll;
 mod presence;

@@ -14,12 +14,15 @@
 //!   app's deadline and memory cap.
 //! - `slot`: the swappable current version of an app's plugin file.
 //! - `guest_log`: guest stdout/stderr as host log lines.
+//! - `function_cache`: compiled functions by content, so a new build of a
+//!   plugin compiles only what changed.
 //!
 //! A plugin instance keeps nothing that matters between calls (channel state
 //! is the host-owned `assigns`), so any warm instance can serve any channel,
 //! and a trapped instance is simply dropped.
 
 mod compiled;
+mod function_cache;
 mod guest_log;
 mod plugin;
 mod slot;
@@ -97,6 +100,10 @@ impl Runtime {
             }
             None => None,
         };
+        // A new build of a plugin shares most functions with the last one.
+        config
+            .enable_incremental_compilation(Arc::new(function_cache::FunctionCache::default()))
+            .map_err(anyhow_error)?;
         let engine = Engine::new(&config).map_err(anyhow_error)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow_error)?;

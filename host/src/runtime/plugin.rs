@@ -150,6 +150,16 @@ impl Plugin {
         self.warm.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// The linear memory each warm instance holds now, in bytes.
+    pub fn warm_memory(&self) -> Vec<usize> {
+        self.warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|warm| warm.store.data().limits.bytes)
+            .collect()
+    }
+
     /// `join`: `Ok` joins with the outcome, `Err` refuses with a response.
     pub async fn join(
         &self,
@@ -364,7 +374,7 @@ impl Plugin {
         data.deadline = Instant::now() + deadline;
         data.budget = deadline;
         // Limits may have changed since this instance was made.
-        data.limits = memory_limits(limits.memory_bytes);
+        data.limits.cap = memory_limits(limits.memory_bytes);
         data.effects.clear();
         data.bad_import = None;
         warm.store.set_epoch_deadline(1);

@@ -48,6 +48,9 @@ pub struct SlotStatus {
     pub call_failures: BTreeMap<&'static str, u64>,
     /// Instances kept warm for this app.
     pub warm_instances: usize,
+    /// The linear memory of each warm instance, in bytes (what a JS
+    /// plugin's engine and heap take per instance).
+    pub warm_memory_bytes: Vec<usize>,
 }
 
 impl PluginSlot {
@@ -130,6 +133,7 @@ impl PluginSlot {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             warm_instances: plugin.warm_instances(),
+            warm_memory_bytes: plugin.warm_memory(),
         }
     }
 }

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::presence::{Diff, Owner, Presence};
@@ -119,11 +119,80 @@ pub(super) struct CallTimers {
     pub reserved: usize,
 }
 
+/// An instance's memory cap, and how much linear memory it holds: the
+/// status API's memory per warm instance.
+pub(super) struct MemoryLimits {
+    /// The app's cap, replaced on each call (the app's limits may change).
+    pub cap: StoreLimits,
+    /// Bytes in the instance's linear memories: each memory's initial size
+    /// (wasmtime asks the limiter when it creates one, from 0) plus every
+    /// growth the cap allowed. Linear memories never shrink.
+    pub bytes: usize,
+    /// The last growth allowed, taken back if it then failed.
+    last_growth: usize,
+}
+
+impl MemoryLimits {
+    pub fn new(cap: StoreLimits) -> Self {
+        Self {
+            cap,
+            bytes: 0,
+            last_growth: 0,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.cap.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.last_growth = desired.saturating_sub(current);
+            self.bytes += self.last_growth;
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.bytes -= std::mem::take(&mut self.last_growth);
+        self.cap.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.cap.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.cap.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.cap.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.cap.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.cap.memories()
+    }
+}
+
 /// Per-instance store state.
 pub struct StoreData {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: MemoryLimits,
     pub(super) node: Arc<str>,
     pub(super) app: Arc<str>,
     pub(super) plugin: Arc<str>,
@@ -169,7 +238,7 @@ impl StoreData {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limits,
+            limits: MemoryLimits::new(limits),
             node,
             app,
             plugin,

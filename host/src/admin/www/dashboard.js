@@ -347,6 +347,16 @@ function drawPlugins(apps) {
       const loaded = el("td", null, ago(plugin.loaded_at * 1000));
       loaded.title = new Date(plugin.loaded_at * 1000).toLocaleString();
       const warm = el("td", "num", count(plugin.warm_instances));
+      const memory = plugin.warm_memory_bytes || [];
+      if (memory.length) {
+        // Linear memory per warm instance: the largest, and all on hover.
+        const largest = Math.max(...memory);
+        const same = memory.every((n) => n === largest);
+        const each = el("span", "sub-line", `${same ? "" : "up to "}${bytes(largest)} each`);
+        each.dataset.field = "warm-memory";
+        each.title = `linear memory per warm instance: ${memory.map(bytes).join(", ")}`;
+        warm.append(each);
+      }
       const reloads = el("td", "num");
       reloads.dataset.field = "reloads";
       reloads.append(count(plugin.reloads));

@@ -9,13 +9,14 @@
 //! cargo run --release -p roost-tests --bin bench -- joins --token --n 20000 --spawn
 //! cargo run --release -p roost-tests --bin bench -- guest --calls 1000000
 //! cargo run --release -p roost-tests --bin bench -- reload --spawn --sockets 20 --rate 2000
+//! cargo run -p roost-tests --bin bench -- dev --saves 20 2>/dev/null
 //! ```
 //!
 //! Scenarios: `connections`, `fanout`, `reqreply`, `joins`, `guest`,
-//! `reload`, `timers` (one file each) and `smoke` (all of them, tiny, as a test). Each
+//! `reload`, `timers`, `dev` (one file each) and `smoke` (all of them, tiny, as a test). Each
 //! prints a short summary and then one JSON line (`{"scenario": …, "ok": …,
 //! "problems": […], …}`). `guest` needs no server (it calls a plugin in this
-//! process); `reload` starts its own, with its own config.
+//! process); `reload` and `dev` start their own, with their own config.
 //!
 //! The server under test is started in this process by default, started as
 //! a child with `--spawn` (so its memory and CPU are its own; needs the
@@ -29,6 +30,7 @@
 
 mod client;
 mod connections;
+mod dev;
 mod fanout;
 mod guest;
 mod joins;
@@ -84,6 +86,9 @@ enum Scenario {
     Reload(reload::Args),
     /// Channels with repeating timers: fires/s, lateness, server CPU per fire.
     Timers(timers::Args),
+    /// `roost dev`: save a scaffolded plugin's source → first reply from the
+    /// new code, in Rust and JS; p50 / max and where the time goes.
+    Dev(dev::Args),
     /// Every scenario with tiny numbers; exits 1 unless all pass.
     Smoke,
     /// (internal) A client process holding a share of `connections`.
@@ -161,6 +166,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             print(&reload::run(&cli.target, &args).await?);
             return Ok(true);
         }
+        Scenario::Dev(args) => {
+            print(&dev::run(&args).await?);
+            return Ok(true);
+        }
         scenario => scenario,
     };
     let access = match &scenario {
@@ -174,7 +183,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Reqreply(args) => reqreply::run(&mut target, args).await,
         Scenario::Joins(args) => joins::run(&mut target, args).await,
         Scenario::Timers(args) => timers::run(&mut target, args).await,
-        Scenario::Smoke | Scenario::Worker(_) | Scenario::Guest(_) | Scenario::Reload(_) => {
+        Scenario::Smoke
+        | Scenario::Worker(_)
+        | Scenario::Guest(_)
+        | Scenario::Reload(_)
+        | Scenario::Dev(_) => {
             unreachable!("handled above")
         }
     };
