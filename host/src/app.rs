@@ -22,8 +22,8 @@ use crate::channel::Router;
 use crate::config::{AppConfig, Limits};
 use crate::mailbox::{Close, Command, Mailbox};
 use crate::metrics::AppMetrics;
-use crate::presence::Presence;
-use crate::protocol::{Payload, TopicPattern};
+use crate::presence::{Diff, Presence};
+use crate::protocol::{Payload, TopicPattern, event};
 use crate::pubsub::{Delivery, Inbound, PubSub, RedisBroker};
 use crate::runtime::{Compiled, Plugin, PluginSlot, Runtime, TimerBudget};
 use crate::storage::{Kv, Quotas, Storage};
@@ -43,6 +43,9 @@ pub struct App {
     channels: AtomicUsize,
     /// Timers pending on all of the app's channels.
     timers: Arc<TimerBudget>,
+    /// Presence changes waiting for the end of their batch window, by
+    /// topic (see [`App::presence_changed`]).
+    presence_batch: Mutex<HashMap<String, Diff>>,
     /// The app's counters and gauges, resolved once.
     metrics: AppMetrics,
 }
@@ -193,6 +196,7 @@ impl App {
             connections: AtomicUsize::new(0),
             channels: AtomicUsize::new(0),
             timers: Arc::default(),
+            presence_batch: Mutex::default(),
             metrics,
         }
     }
@@ -322,6 +326,56 @@ impl App {
         let local = self.disconnect(socket_id);
         let nodes = self.pubsub.broker().disconnect(socket_id).await;
         (local, nodes)
+    }
+
+    /// A presence change on `topic`, for its subscribers as a
+    /// `presence_diff`. Changes within `limits.presence_batch_ms` of the
+    /// first go out together, as one diff: a crowd joining a room costs
+    /// each member a diff per window, not one per join (with 2,000 joins,
+    /// 4 M frames otherwise). The tracker itself changed at once, so a
+    /// joiner's `presence_state` is current; a diff that repeats what a
+    /// state already listed is a no-op for the official client.
+    pub fn presence_changed(self: &Arc<Self>, topic: &str, diff: Diff) {
+        if diff.is_empty() {
+            return;
+        }
+        let window = self.state.load().config.limits.presence_batch();
+        if window.is_zero() {
+            self.broadcast(topic, event::PRESENCE_DIFF, &diff.to_payload(), None);
+            return;
+        }
+        let opens_a_batch = {
+            let mut batch = self
+                .presence_batch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let opens = batch.is_empty();
+            batch.entry(topic.to_owned()).or_default().merge(diff);
+            opens
+        };
+        if opens_a_batch {
+            let app = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(window).await;
+                if let Some(app) = app.upgrade() {
+                    app.send_presence_batch();
+                }
+            });
+        }
+    }
+
+    fn send_presence_batch(&self) {
+        let batch = std::mem::take(
+            &mut *self
+                .presence_batch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (topic, diff) in batch {
+            if !diff.is_empty() {
+                self.broadcast(&topic, event::PRESENCE_DIFF, &diff.to_payload(), None);
+            }
+        }
     }
 
     /// Broadcasts to the app's subscribers of `topic` (all but the socket

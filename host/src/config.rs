@@ -370,6 +370,10 @@ pub struct Limits {
     /// Joins one socket may send per second (a burst of twice that), on
     /// top of the message rate.
     pub joins_per_second: u32,
+    /// Presence changes on a topic within this window go out as one
+    /// `presence_diff` (with every join and leave in it); 0 sends each at
+    /// once.
+    pub presence_batch_ms: u64,
     /// Longest topic and event name, in bytes; longer ones get an error reply.
     pub max_topic_bytes: usize,
     pub max_event_bytes: usize,
@@ -402,6 +406,7 @@ impl Default for Limits {
             write_timeout_ms: 5_000,
             messages_per_second: 100,
             joins_per_second: 50,
+            presence_batch_ms: 100,
             max_topic_bytes: 1024,
             max_event_bytes: 256,
             call_deadline_ms: 1_000,
@@ -423,6 +428,10 @@ impl Limits {
 
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms)
+    }
+
+    pub fn presence_batch(&self) -> Duration {
+        Duration::from_millis(self.presence_batch_ms)
     }
 
     pub fn longpoll_window(&self) -> Duration {

@@ -186,7 +186,9 @@ async fn bad_tokens_are_refused_on_both_transports() {
 
 #[tokio::test]
 async fn valid_tokens_connect_and_their_claims_reach_the_guest() {
-    let server = TestServer::with_config(&config("")).await;
+    // Each round's presence diff on its own, not batched with the last
+    // round's leave.
+    let server = TestServer::with_config(&config("limits = { presence_batch_ms = 0 }")).await;
     let mut refs = Refs::default();
     // Either secret verifies (rotation).
     for (round, (secret, r)) in [(BETA_SECRET, "ref1"), (BETA_NEXT_SECRET, "ref2")]

@@ -223,8 +223,9 @@ async fn a_duplicate_join_replaces_the_old_channels_presence() {
     // The same socket joins again: the old channel's meta leaves before
     // the new join tracks, so the new state has the new meta only.
     // On the wire: the new reply, the old channel's phx_close, then what
-    // the new channel sends after its join (history, state, its diff).
-    let ada_again = r#"{"joins":{"ada":{"metas":[{"online_at":T,"phx_ref":"ref3"}]}},"leaves":{}}"#;
+    // the new channel sends after its join (history, state), then one diff
+    // with the leave and the join (one batch window).
+    let ada_again = r#"{"joins":{"ada":{"metas":[{"online_at":T,"phx_ref":"ref3"}]}},"leaves":{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}}"#;
     ada.call(
         r#"["5","5","room:d","phx_join",{"username":"ada"}]"#,
         r#"["5","5","room:d","phx_reply",{"response":{"channel":"room:d"},"status":"ok"}]"#,
@@ -240,14 +241,6 @@ async fn a_duplicate_join_replaces_the_old_channels_presence() {
     .await;
     ada.expect_masked(&mut refs, &diff("room:d", ada_again))
         .await;
-    bob.expect_masked(
-        &mut refs,
-        &diff(
-            "room:d",
-            r#"{"joins":{},"leaves":{"ada":{"metas":[{"online_at":T,"phx_ref":"ref1"}]}}}"#,
-        ),
-    )
-    .await;
     bob.expect_masked(&mut refs, &diff("room:d", ada_again))
         .await;
     assert_eq!(server.app("/socket").presence().count("room:d"), 2);
@@ -339,7 +332,10 @@ async fn tracking_again_is_one_update_diff_and_untrack_is_a_leave() {
     )
     .await;
 
+    // The reply at once; the diff at the end of its batch window.
     c.send(r#"["1","2","fixture:u","track",{"key":"ada","meta":{"typing":true}}]"#)
+        .await;
+    c.expect(r#"["1","2","fixture:u","phx_reply",{"response":{},"status":"ok"}]"#)
         .await;
     c.expect_masked(
         &mut refs,
@@ -349,8 +345,6 @@ async fn tracking_again_is_one_update_diff_and_untrack_is_a_leave() {
         ),
     )
     .await;
-    c.expect(r#"["1","2","fixture:u","phx_reply",{"response":{},"status":"ok"}]"#)
-        .await;
     c.send(r#"["1","3","fixture:u","list",{}]"#).await;
     c.expect_masked(
         &mut refs,
@@ -360,6 +354,8 @@ async fn tracking_again_is_one_update_diff_and_untrack_is_a_leave() {
 
     c.send(r#"["1","4","fixture:u","untrack",{"key":"ada"}]"#)
         .await;
+    c.expect(r#"["1","4","fixture:u","phx_reply",{"response":{},"status":"ok"}]"#)
+        .await;
     c.expect_masked(
         &mut refs,
         &diff(
@@ -368,8 +364,6 @@ async fn tracking_again_is_one_update_diff_and_untrack_is_a_leave() {
         ),
     )
     .await;
-    c.expect(r#"["1","4","fixture:u","phx_reply",{"response":{},"status":"ok"}]"#)
-        .await;
     // Untracking what is not tracked changes nothing and broadcasts nothing.
     c.call(
         r#"["1","5","fixture:u","untrack",{"key":"ada"}]"#,
@@ -564,4 +558,63 @@ async fn a_burst_of_joins_sees_everyone() {
     }
     assert_eq!(server.app("/socket").presence().count("room:burst"), USERS);
     server.stop().await;
+}
+
+/// A watcher in a room that `users` join at once: how many `presence_diff`
+/// frames it got until it had seen them all.
+async fn diffs_a_watcher_gets(server: &TestServer, users: usize) -> usize {
+    let mut watcher = server.connect_v2().await;
+    watcher
+        .send(r#"["1","1","room:crowd","phx_join",{"username":"watcher"}]"#)
+        .await;
+    // Its own reply, history, state and diff.
+    while !watcher.recv_text().await.contains("presence_diff") {}
+    let mut crowd = Vec::new();
+    for i in 0..users {
+        let mut c = server.connect_v2().await;
+        c.send(&format!(
+            r#"["1","1","room:crowd","phx_join",{{"username":"u{i}"}}]"#
+        ))
+        .await;
+        crowd.push(c);
+    }
+    let (mut seen, mut diffs) = (std::collections::BTreeSet::new(), 0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.len() < users {
+        assert!(tokio::time::Instant::now() < deadline, "saw {seen:?}");
+        let frame: serde_json::Value =
+            serde_json::from_str(&watcher.recv_text().await).expect("JSON frame");
+        if frame[3] == "presence_diff" {
+            diffs += 1;
+            seen.extend(
+                frame[4]["joins"]
+                    .as_object()
+                    .expect("joins")
+                    .keys()
+                    .cloned(),
+            );
+        }
+    }
+    diffs
+}
+
+#[tokio::test]
+async fn a_crowd_joining_within_the_batch_window_is_one_diff_per_window() {
+    let users = 40;
+    let batched =
+        TestServer::with_config(&roost_tests::demo_config_with("presence_batch_ms = 1000")).await;
+    assert_eq!(
+        diffs_a_watcher_gets(&batched, users).await,
+        1,
+        "every join in one diff"
+    );
+    batched.stop().await;
+    let unbatched =
+        TestServer::with_config(&roost_tests::demo_config_with("presence_batch_ms = 0")).await;
+    assert_eq!(
+        diffs_a_watcher_gets(&unbatched, users).await,
+        users,
+        "a diff per join"
+    );
+    unbatched.stop().await;
 }

@@ -111,6 +111,28 @@ impl Diff {
         self.joins.is_empty() && self.leaves.is_empty()
     }
 
+    /// Adds `later`'s changes after this one's: one diff for both. An
+    /// entry that both joined and left in between is dropped from both
+    /// sides (a client that never saw it needs neither).
+    pub fn merge(&mut self, later: Diff) {
+        let Diff { joins, mut leaves } = later;
+        self.joins.extend(joins);
+        leaves.retain(|left| {
+            match self
+                .joins
+                .iter()
+                .position(|joined| Arc::ptr_eq(&joined.1, &left.1))
+            {
+                Some(at) => {
+                    self.joins.remove(at);
+                    false
+                }
+                None => true,
+            }
+        });
+        self.leaves.extend(leaves);
+    }
+
     /// `{"joins":{"key":{"metas":[…]}},"leaves":{…}}`, both always present.
     pub fn to_json(&self) -> String {
         let mut out = String::with_capacity(64);
@@ -185,6 +207,31 @@ mod tests {
 
     fn pair(key: &str, meta: &str) -> (Arc<str>, Arc<str>) {
         (key.into(), meta.into())
+    }
+
+    #[test]
+    fn merged_diffs_keep_order_and_drop_what_came_and_went() {
+        let (ada, bob) = (
+            pair("ada", r#"{"phx_ref":"1"}"#),
+            pair("bob", r#"{"phx_ref":"2"}"#),
+        );
+        let mut batch = Diff {
+            joins: vec![ada.clone(), bob.clone()],
+            leaves: vec![],
+        };
+        // bob leaves (the same entry, so the same text), carol leaves (an
+        // entry from before the batch).
+        let carol = pair("carol", r#"{"phx_ref":"0"}"#);
+        batch.merge(Diff {
+            joins: vec![],
+            leaves: vec![bob, carol.clone()],
+        });
+        assert_eq!(batch.joins, [ada]);
+        assert_eq!(batch.leaves, [carol]);
+        assert_eq!(
+            batch.to_json(),
+            r#"{"joins":{"ada":{"metas":[{"phx_ref":"1"}]}},"leaves":{"carol":{"metas":[{"phx_ref":"0"}]}}}"#
+        );
     }
 
     #[test]

@@ -30,7 +30,9 @@
 //! after that state push, which is the order a Phoenix app produces (its
 //! tracker broadcasts diffs after the channel's own work). Either order
 //! syncs the same in phoenix.js, which buffers diffs until the state and
-//! applies a join it already has as a no-op.
+//! applies a join it already has as a no-op. The app batches a topic's
+//! diffs per `limits.presence_batch_ms` (`App::presence_changed`): a crowd
+//! joining costs each member one diff per window, not one per join.
 //!
 //! A guest that traps after tracking loses its effects (the join diff) but
 //! not the entry; the trap ends the channel, whose cleanup broadcasts the

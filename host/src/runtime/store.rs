@@ -26,7 +26,7 @@ use wasmtime::{ResourceLimiter, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::presence::{Diff, Owner, Presence};
-use crate::protocol::{self, Payload, event};
+use crate::protocol::{self, Payload};
 use crate::storage::{Kv, KvError};
 
 /// Source of server-unique timer ids.
@@ -53,6 +53,9 @@ pub enum Effect {
     },
     /// Cancel the channel's pending timer `id`.
     CancelTimer { id: u64 },
+    /// Tell `topic`'s subscribers of a presence change (`presence_diff`,
+    /// batched per tick by `App::presence_changed`).
+    PresenceDiff { topic: String, diff: Diff },
 }
 
 /// What a callback decided, checked and converted from the guest's outcome.
@@ -487,12 +490,8 @@ impl StoreData {
     /// `presence_state` sends the state first, as Phoenix apps do.
     fn broadcast_diff(&mut self, topic: String, diff: Diff) {
         if !diff.is_empty() {
-            self.presence_diffs.push(Effect::Broadcast {
-                topic,
-                event: event::PRESENCE_DIFF.to_owned(),
-                payload: diff.to_payload(),
-                exclude_self: false,
-            });
+            self.presence_diffs
+                .push(Effect::PresenceDiff { topic, diff });
         }
     }
 }

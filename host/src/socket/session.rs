@@ -617,11 +617,7 @@ impl Session {
     /// leaves (after unsubscribing, so the leaving client is not told).
     fn untrack(&self, topic: &str, owner: Owner) {
         let diff = self.app.presence().untrack_all(topic, owner);
-        if !diff.is_empty() {
-            let payload = diff.to_payload();
-            self.app
-                .broadcast(topic, event::PRESENCE_DIFF, &payload, None);
-        }
+        self.app.presence_changed(topic, diff);
     }
 
     /// This socket as a subscriber whose broadcasts go to `mailbox`.
@@ -655,6 +651,7 @@ impl Session {
                     let except = (exclude_self && to == topic).then_some(self.socket);
                     self.app.broadcast(&to, &event, &payload, except);
                 }
+                Effect::PresenceDiff { topic, diff } => self.app.presence_changed(&topic, diff),
                 Effect::SendAfter { id, delay, message } => {
                     let Some(joined) = self.channels.get_mut(topic) else {
                         // The channel ended in the same callback (a stop).

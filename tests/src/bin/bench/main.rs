@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Scenarios: `connections`, `fanout`, `reqreply`, `joins`, `guest`,
-//! `reload`, `timers`, `dev` (one file each) and `smoke` (all of them, tiny, as a test). Each
+//! `reload`, `timers`, `presence`, `dev` (one file each) and `smoke` (all of them, tiny, as a test). Each
 //! prints a short summary and then one JSON line (`{"scenario": …, "ok": …,
 //! "problems": […], …}`). `guest` needs no server (it calls a plugin in this
 //! process); `reload` and `dev` start their own, with their own config.
@@ -35,6 +35,7 @@ mod fanout;
 mod guest;
 mod joins;
 mod pacer;
+mod presence;
 mod pushes;
 mod reload;
 mod reqreply;
@@ -86,6 +87,9 @@ enum Scenario {
     Reload(reload::Args),
     /// Channels with repeating timers: fires/s, lateness, server CPU per fire.
     Timers(timers::Args),
+    /// A crowd of named users joins one room: frames and bytes sent to all,
+    /// time until a watcher sees everyone, server memory and CPU per join.
+    Presence(presence::Args),
     /// `roost dev`: save a scaffolded plugin's source → first reply from the
     /// new code, in Rust and JS; p50 / max and where the time goes.
     Dev(dev::Args),
@@ -183,6 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Reqreply(args) => reqreply::run(&mut target, args).await,
         Scenario::Joins(args) => joins::run(&mut target, args).await,
         Scenario::Timers(args) => timers::run(&mut target, args).await,
+        Scenario::Presence(args) => presence::run(&mut target, args).await,
         Scenario::Smoke
         | Scenario::Worker(_)
         | Scenario::Guest(_)

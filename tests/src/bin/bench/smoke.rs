@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use crate::target::{Access, Target, TargetArgs};
-use crate::{Report, connections, fanout, guest, joins, print, reload, reqreply, timers};
+use crate::{Report, connections, fanout, guest, joins, presence, print, reload, reqreply, timers};
 
 /// How long one scenario may take before smoke gives up on it.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(25);
@@ -41,6 +41,7 @@ pub async fn run(target_args: &TargetArgs) -> anyhow::Result<bool> {
         "guest",
         "reload",
         "timers",
+        "presence",
     ] {
         if matches!(name, "reload" | "joins --token") && target_args.url.is_some() {
             println!("smoke: {name} skipped: it starts its own server, and --url was given");
@@ -129,6 +130,15 @@ pub async fn run(target_args: &TargetArgs) -> anyhow::Result<bool> {
                         timeout,
                     };
                     timers::run(&mut target, &args).await
+                }
+                "presence" => {
+                    let args = presence::Args {
+                        n: 20,
+                        rate: 200.0,
+                        room: "smoke".to_owned(),
+                        timeout,
+                    };
+                    presence::run(&mut target, &args).await
                 }
                 _ => connections::run(&mut target, &connections(10)).await,
             }
