@@ -96,6 +96,17 @@ pub struct TargetArgs {
         default_value_t = 2
     )]
     pub server_threads: usize,
+
+    /// A line for the `[apps.demo.limits]` of bench's own server, e.g.
+    /// `--limit presence_batch_ms=0` (repeatable).
+    #[arg(
+        long = "limit",
+        global = true,
+        help_heading = "Server under test",
+        value_name = "KEY=VALUE",
+        value_parser = key_value
+    )]
+    pub limits: Vec<String>,
 }
 
 /// Who may connect to the demo app bench's own server serves.
@@ -239,7 +250,7 @@ impl Target {
         }
         let secret = format!("value:{BENCH_SECRET}");
         let data = tempfile::tempdir()?;
-        let text = config_text("127.0.0.1:0", access, &secret, data.path());
+        let text = config_text("127.0.0.1:0", access, &secret, data.path(), &args.limits);
         let config = Config::parse(&text, ".".as_ref())?;
         let mut target = Self::in_process(args, config).await?;
         target._data = Some(data);
@@ -398,7 +409,7 @@ impl Target {
                     SERVERS.fetch_add(1, Ordering::Relaxed)
                 ));
                 let secret = format!("env:{SECRET_ENV}");
-                let mut text = config_text(&listen, access, &secret, data.path());
+                let mut text = config_text(&listen, access, &secret, data.path(), &args.limits);
                 if let Some(cluster) = &cluster {
                     text.push_str(&format!("\n[cluster]\nredis = \"{}\"\n", cluster.redis));
                 }
@@ -605,7 +616,14 @@ enum Demo<'a> {
 
 /// The demo app on `/socket` with the routes the scenarios use; under
 /// [`Access::Tokens`] it has `secret` (a source) and `anonymous = false`.
-fn config_text(listen: &str, access: Access, secret: &str, data_dir: &Path) -> String {
+/// `limits` are `KEY=VALUE` lines for its limits.
+fn config_text(
+    listen: &str,
+    access: Access,
+    secret: &str,
+    data_dir: &Path,
+    limits: &[String],
+) -> String {
     let plugin = |name: &str| {
         let path = roost_tests::plugin(name);
         std::fs::canonicalize(&path).unwrap_or(path)
@@ -635,16 +653,45 @@ capabilities = {{ kv = true }}
 "ping:*" = "{ping}"
 "room:*" = "{room}"
 "fixture:*" = "{fixture}"
-# Load scenarios send as fast as the server answers, on few sockets.
 [apps.demo.limits]
-messages_per_second = 1000000
-joins_per_second = 1000000
+{limits}
 "#,
         ping = plugin("ping").display(),
         room = plugin("room_chat").display(),
         fixture = plugin("fixture").display(),
         data_dir = serde_json::Value::from(data_dir.display().to_string()),
+        limits = limit_lines(limits),
     )
+}
+
+fn key_value(line: &str) -> Result<String, String> {
+    match line.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() && !value.trim().is_empty() => {
+            Ok(line.to_owned())
+        }
+        _ => Err(format!("`{line}` is not KEY=VALUE")),
+    }
+}
+
+/// The `[apps.demo.limits]` lines: the rates raised (load scenarios send
+/// as fast as the server answers, on few sockets), then `limits` (which may
+/// set them too).
+fn limit_lines(limits: &[String]) -> String {
+    let given: Vec<(&str, &str)> = limits
+        .iter()
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.trim(), value.trim()))
+        .collect();
+    let raised = [
+        ("messages_per_second", "1000000"),
+        ("joins_per_second", "1000000"),
+    ];
+    raised
+        .into_iter()
+        .filter(|(key, _)| !given.iter().any(|(k, _)| k == key))
+        .chain(given.iter().copied())
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect()
 }
 
 /// bench's redis-server, killed when dropped (also when a node fails to
