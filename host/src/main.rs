@@ -14,6 +14,11 @@ use roost_host::{dev, scaffold, server};
 use serde_json::Value;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, for memory that comes back after a flood (see `Cargo.toml`;
+/// its settings are in `.cargo/config.toml`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     version,
