@@ -2,15 +2,18 @@
 //! timeout (a client trickling its request a byte at a time, or sending
 //! nothing, is dropped after `server.header_read_timeout_ms` — what
 //! `axum::serve` cannot do, as it runs hyper without a timer), upgrades for
-//! WebSockets, `TCP_NODELAY`, the peer address for the handlers, and a cap
-//! per client address on HTTP connections.
+//! WebSockets, `TCP_NODELAY`, the peer address for the handlers, a cap
+//! per client address on HTTP connections, and a lingering close.
 //!
 //! On shutdown it stops accepting, lets requests in flight finish (a
 //! waiting long-poll GET answers once its session ends), and closes idle
 //! keep-alive connections. Upgraded WebSockets are the socket tasks' own,
 //! drained by `shutdown`.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -18,7 +21,8 @@ use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
@@ -31,6 +35,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How long idle and unfinished connections get to close at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a closed connection keeps reading what its client still sends.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Serves `router` on `listener` until shutdown begins.
 pub async fn serve(
@@ -75,7 +82,10 @@ pub async fn serve(
                 request
             });
         let connection = http
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .serve_connection(
+                TokioIo::new(Lingering(Some(stream))),
+                TowerToHyperService::new(service),
+            )
             .with_upgrades();
         let stopping = shutdown.clone();
         connections.spawn(async move {
@@ -100,5 +110,76 @@ pub async fn serve(
         .is_err()
     {
         tracing::debug!("some HTTP connections were still open at shutdown");
+    }
+}
+
+/// A client's TCP connection that lingers once dropped, as nginx's
+/// `lingering_close` does: it sends its FIN, then reads and discards what
+/// the client still sends, for up to [`LINGER`] or until the client closes.
+/// Closing a socket with unread bytes makes the kernel answer with a reset,
+/// which can destroy what was written just before — the close frame
+/// (1009) after a frame too large, a 413 — while the client is still
+/// sending.
+struct Lingering(Option<TcpStream>);
+
+impl Lingering {
+    fn stream(self: Pin<&mut Self>) -> Pin<&mut TcpStream> {
+        Pin::new(self.get_mut().0.as_mut().expect("taken only on drop"))
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let (Some(mut stream), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _ = stream.shutdown().await;
+            let _ =
+                tokio::time::timeout(LINGER, tokio::io::copy(&mut stream, &mut tokio::io::sink()))
+                    .await;
+        });
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.stream().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_shutdown(cx)
     }
 }

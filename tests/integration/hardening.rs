@@ -345,3 +345,25 @@ async fn joins_have_a_rate_of_their_own_and_refused_ones_reach_no_plugin() {
     .await;
     server.stop().await;
 }
+
+/// A frame eight times the limit is refused with 1009, and the client gets
+/// to read that close: the server reads and drops the rest of the frame
+/// (a lingering close) instead of closing with unread bytes, which makes the
+/// kernel reset the connection while the client is still sending — the
+/// client then saw 1006. Several rounds, as the reset was a race.
+#[tokio::test]
+async fn a_frame_far_over_the_limit_gets_its_1009_close_not_a_reset() {
+    let server = TestServer::demo().await;
+    let frame = format!(r#"[null,"1","t","e","{}"]"#, "x".repeat(8 << 20));
+    for round in 0..5 {
+        let mut c = joined(&server, "ping").await;
+        c.send_message(tokio_tungstenite::tungstenite::Message::text(frame.clone()))
+            .await;
+        let close = c
+            .expect_close()
+            .await
+            .unwrap_or_else(|| panic!("round {round}: no close frame"));
+        assert_eq!(u16::from(close.code), 1009, "round {round}");
+    }
+    server.stop().await;
+}
