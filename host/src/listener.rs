@@ -21,7 +21,7 @@ use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
@@ -36,8 +36,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How long idle and unfinished connections get to close at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// How long a closed connection keeps reading what its client still sends.
+/// How long a closed connection keeps reading what its client still sends,
+/// at most, and how long it waits for more (nginx's `lingering_time` and
+/// `lingering_timeout`): a client that sends nothing holds its descriptor
+/// no longer than that.
 const LINGER: Duration = Duration::from_secs(2);
+const LINGER_QUIET: Duration = Duration::from_millis(200);
 
 /// Serves `router` on `listener` until shutdown begins.
 pub async fn serve(
@@ -51,18 +55,28 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
+    // Failed accepts since the last one that worked: logged when they
+    // start and when they end, not 20 times a second.
+    let mut failed_accepts = 0u64;
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!("accept failed (out of file descriptors?): {error}");
+                    if failed_accepts == 0 {
+                        tracing::warn!("accept failed (out of file descriptors?), retrying every {ACCEPT_BACKOFF:?}: {error}");
+                    }
+                    failed_accepts += 1;
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
         };
+        if failed_accepts > 0 {
+            tracing::warn!("accepting again after {failed_accepts} failed accepts");
+            failed_accepts = 0;
+        }
         // Counted until the connection ends or upgrades: an upgraded
         // WebSocket then counts as the client's socket instead.
         let Some(permit) = clients.tcp(peer.ip()) else {
@@ -115,7 +129,8 @@ pub async fn serve(
 
 /// A client's TCP connection that lingers once dropped, as nginx's
 /// `lingering_close` does: it sends its FIN, then reads and discards what
-/// the client still sends, for up to [`LINGER`] or until the client closes.
+/// the client still sends, until it closes or [`LINGER`] is over (or it is
+/// quiet for [`LINGER_QUIET`]).
 /// Closing a socket with unread bytes makes the kernel answer with a reset,
 /// which can destroy what was written just before — the close frame
 /// (1009) after a frame too large, a 413 — while the client is still
@@ -137,9 +152,14 @@ impl Drop for Lingering {
         };
         runtime.spawn(async move {
             let _ = stream.shutdown().await;
-            let _ =
-                tokio::time::timeout(LINGER, tokio::io::copy(&mut stream, &mut tokio::io::sink()))
-                    .await;
+            let until = tokio::time::Instant::now() + LINGER;
+            let mut discard = vec![0; 8 << 10];
+            while tokio::time::Instant::now() < until {
+                let read = tokio::time::timeout(LINGER_QUIET, stream.read(&mut discard)).await;
+                if !matches!(read, Ok(Ok(n)) if n > 0) {
+                    break;
+                }
+            }
         });
     }
 }
