@@ -86,7 +86,9 @@ fn half_sent(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 /// The status line of a whole request, waiting up to `within`.
 fn status_line(addr: SocketAddr, within: Duration) -> String {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(within)).unwrap();
+    stream
+        .set_read_timeout(Some(within))
+        .expect("setting a read timeout");
     stream
         .write_all(
             b"GET /socket/websocket HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
