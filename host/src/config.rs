@@ -338,7 +338,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Per-app limits; every one has a default (README, "Limits").
+/// Per-app limits; every one has a default (README, "Limits and protection").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::client::{self, Endpoint, Failure, Ws};
+use crate::goals::{self, Goal};
 use crate::stats::{self, Errors, Hist, RecordDuration, histogram, round3};
 use crate::target::Target;
 use crate::{Report, worker};
@@ -307,7 +308,7 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
         ));
     }
 
-    let json = json!({
+    let mut json = json!({
         "scenario": "connections",
         "server": target.kind(),
         "url": target.endpoint.url,
@@ -341,6 +342,13 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
         },
         "server_cpu_us_per_conn": cpu_per_conn.map(round3),
     });
+    // The goal is about many idle connections, where per-process costs fade.
+    if opened.joined >= 10_000
+        && let Some(bytes) = rss_per_conn
+    {
+        let goal = Goal::at_most("memory per idle joined connection", bytes, 5000.0, "B");
+        goals::attach(&[goal], &mut summary, &mut json);
+    }
     Ok(Report {
         summary,
         json,

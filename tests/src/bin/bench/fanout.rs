@@ -34,12 +34,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::Report;
 use crate::client::{self, Endpoint, Failure, Frame, Ws};
 use crate::connections::millis;
 use crate::pacer::{Pacer, Schedule};
 use crate::stats::{self, RecordDuration, SharedErrors, SharedHist, histogram, round3};
 use crate::target::{ClusterSample, Target};
+use crate::{Report, goals};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -341,7 +341,7 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
         _ => serde_json::Value::Null,
     };
 
-    let json = json!({
+    let mut json = json!({
         "scenario": "fanout",
         "server": target.kind(),
         "url": endpoint.url,
@@ -369,6 +369,15 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
         "server_cpu_us_per_delivery": cpu_per_delivery.map(round3),
         "cluster": cluster,
     });
+    let p99 = latency.value_at_quantile(0.99) as f64 / 1e3;
+    let goals = goals::fanout(
+        args.subscribers,
+        args.rate,
+        p99,
+        (received, expected),
+        cpu_per_delivery,
+    );
+    goals::attach(&goals, &mut summary, &mut json);
     Ok(Report {
         summary,
         json,

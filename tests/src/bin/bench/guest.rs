@@ -34,6 +34,7 @@ use roost_host::runtime::{CallContext, Called, Outcome, Plugin, PluginError, Run
 use serde_json::{Value, json};
 
 use crate::Report;
+use crate::goals::{self, Goal};
 use crate::stats::round3;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -279,6 +280,15 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
             .map(|(name, ns)| (name.to_string(), json!(ns.round())))
             .collect::<serde_json::Map<_, _>>()
             .into();
+    }
+    if let Some((_, empty)) = measured.first() {
+        let goal = Goal::at_most(
+            "guest call overhead over native",
+            empty.added_us(),
+            0.8,
+            "µs",
+        );
+        goals::attach(&[goal], &mut summary, &mut json);
     }
     Ok(Report {
         summary,

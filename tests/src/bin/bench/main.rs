@@ -32,6 +32,7 @@ mod client;
 mod connections;
 mod dev;
 mod fanout;
+mod goals;
 mod guest;
 mod joins;
 mod pacer;

@@ -49,6 +49,7 @@ use tokio::time::Instant;
 use crate::Report;
 use crate::client::{self, Endpoint, Failure, Frame, Ws};
 use crate::connections::millis;
+use crate::goals::{self, Goal};
 use crate::pacer::Pacer;
 use crate::pushes::{self, Clock, Requests};
 use crate::stats::{self, RecordDuration, SharedErrors, SharedHist, histogram, round3};
@@ -393,7 +394,7 @@ async fn measure(target: &mut Target, setup: &Setup, args: &Args) -> anyhow::Res
     }
     summary.extend(after.generator_cpu_line(&before, ""));
 
-    let json = json!({
+    let mut json = json!({
         "scenario": "reload",
         "server": target.kind(),
         "url": endpoint.url,
@@ -433,6 +434,13 @@ async fn measure(target: &mut Target, setup: &Setup, args: &Args) -> anyhow::Res
         "server_cpu_ms": millis(cpu),
         "generator_cpu_ms": millis(after.generator_cpu_since(&before)),
     });
+    // The goal is for fresh builds: every swap compiles (no plugin cache).
+    if !args.cache
+        && let Some(p99) = to_serving.get((observed * 99 / 100).min(observed.saturating_sub(1)))
+    {
+        let goal = Goal::at_most("file written → new code serving, p99", ms(*p99), 50.0, "ms");
+        goals::attach(&[goal], &mut summary, &mut json);
+    }
     Ok(Report {
         summary,
         json,

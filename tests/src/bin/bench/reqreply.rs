@@ -19,13 +19,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::Report;
 use crate::client::{self, Failure, Frame, Ws};
 use crate::connections::millis;
 use crate::pacer::Pacer;
 use crate::pushes::{self, Clock, Requests};
 use crate::stats::{self, SharedErrors, SharedHist, round3};
 use crate::target::Target;
+use crate::{Report, goals};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -175,7 +175,7 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
     summary.extend(after.cpu_line(&before, answered, "request"));
     summary.extend(after.generator_cpu_line(&before, ""));
 
-    let json = json!({
+    let mut json = json!({
         "scenario": "reqreply",
         "server": target.kind(),
         "url": endpoint.url,
@@ -196,6 +196,9 @@ pub async fn run(target: &mut Target, args: &Args) -> anyhow::Result<Report> {
         "generator_cpu_ms": millis(after.generator_cpu_since(&before)),
         "server_cpu_us_per_request": cpu_per_request.map(round3),
     });
+    let p99 = latency.value_at_quantile(0.99) as f64 / 1e3;
+    let goals = goals::reqreply(args.sockets, args.rate, p99, (answered, sent));
+    goals::attach(&goals, &mut summary, &mut json);
     Ok(Report {
         summary,
         json,
