@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::app::App;
+use crate::app::{App, RateLimited};
 use crate::apps::Apps;
 use crate::protocol::{self, Payload};
 
@@ -132,7 +132,14 @@ async fn broadcast(
             ),
         ));
     }
-    let subscribers = app.broadcast(&request.topic, &request.event, &payload, None);
+    let subscribers = app
+        .broadcast(&request.topic, &request.event, &payload, None)
+        .map_err(|RateLimited| {
+            ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate limited: the app is over its limits.broadcasts_per_second".to_owned(),
+            )
+        })?;
     Ok(Json(json!({ "subscribers": subscribers })))
 }
 

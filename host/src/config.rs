@@ -370,6 +370,12 @@ pub struct Limits {
     /// Joins one socket may send per second (a burst of twice that), on
     /// top of the message rate.
     pub joins_per_second: u32,
+    /// Broadcasts the app's plugins and API may make per second, all
+    /// sockets together (a burst of twice that); past it a broadcast is
+    /// dropped, the push that made it gets `{"reason":"rate limited"}`
+    /// instead of its reply, and the API answers 429. Presence diffs are
+    /// not counted: they are batched per topic instead.
+    pub broadcasts_per_second: u32,
     /// Presence changes on a topic within this window go out as one
     /// `presence_diff` (with every join and leave in it); 0 sends each at
     /// once.
@@ -406,6 +412,7 @@ impl Default for Limits {
             write_timeout_ms: 5_000,
             messages_per_second: 100,
             joins_per_second: 50,
+            broadcasts_per_second: 10_000,
             presence_batch_ms: 100,
             max_topic_bytes: 1024,
             max_event_bytes: 256,
@@ -533,7 +540,11 @@ impl Config {
                 l.call_deadline_ms,
                 l.join_deadline_ms,
             ];
-            let rates = [l.messages_per_second, l.joins_per_second];
+            let rates = [
+                l.messages_per_second,
+                l.joins_per_second,
+                l.broadcasts_per_second,
+            ];
             if sizes.contains(&0) || times.contains(&0) || rates.contains(&0) {
                 bail!("app `{name}`: key `limits`: limits must be greater than zero");
             }

@@ -142,9 +142,10 @@ const DISCONNECT_REASONS: [&str; 8] = [
     "internal error",
 ];
 
-/// Messages refused for their rate (label `kind` of
-/// `roost_rate_limited_total`), by whether they were joins.
-const RATE_LIMITED_KINDS: [&str; 2] = ["message", "join"];
+/// What was refused for its rate (label `kind` of
+/// `roost_rate_limited_total`): a socket's message or join, or a broadcast
+/// over the app's rate.
+const RATE_LIMITED_KINDS: [&str; 3] = ["message", "join", "broadcast"];
 
 /// Guest failures (label `kind`), as `runtime::PluginError::kind` names them.
 const FAILURE_KINDS: [&str; 5] = ["trap", "deadline", "memory", "bad_output", "instantiate"];
@@ -732,7 +733,7 @@ struct AppHandles {
     /// By [`DISCONNECT_REASONS`] index.
     disconnects: [Counter; 8],
     /// By [`RATE_LIMITED_KINDS`] index.
-    rate_limited: [Counter; 2],
+    rate_limited: [Counter; 3],
     /// By [`TRANSPORTS`], then [`refusal::ALL`] index.
     refusals: [[Counter; refusal::ALL.len()]; 2],
 }
@@ -815,6 +816,11 @@ impl AppMetrics {
     /// A message refused for its socket's rate: a join, or another.
     pub fn rate_limited(&self, join: bool) {
         self.handles.rate_limited[usize::from(join)].inc();
+    }
+
+    /// A broadcast refused: the app was over `limits.broadcasts_per_second`.
+    pub fn broadcast_rate_limited(&self) {
+        self.handles.rate_limited[2].inc();
     }
 
     /// A connection refused on `transport` for `reason` (see [`refusal`]).

@@ -267,13 +267,16 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
     // Far more than loopback's socket buffers hold for a client that
     // never reads (a few MB), far less than its outbox.
     for _ in 0..500 {
-        if app.broadcast("fixture:stall", "chunk", &chunk, None) == 0 {
+        if app.broadcast("fixture:stall", "chunk", &chunk, None) == Ok(0) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     let deadline = tokio::time::Instant::now() + roost_tests::WAIT;
-    while app.broadcast("fixture:stall", "chunk", &chunk, None) > 0 {
+    while app
+        .broadcast("fixture:stall", "chunk", &chunk, None)
+        .is_ok_and(|reached| reached > 0)
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the stalled socket stayed"
@@ -365,5 +368,41 @@ async fn a_frame_far_over_the_limit_gets_its_1009_close_not_a_reset() {
             .unwrap_or_else(|| panic!("round {round}: no close frame"));
         assert_eq!(u16::from(close.code), 1009, "round {round}");
     }
+    server.stop().await;
+}
+
+/// An app's broadcasts have a rate, its sockets and its API together
+/// (`broadcasts_per_second`, a burst of twice that): past it nothing goes
+/// out, the push that would have broadcast is answered `rate limited`
+/// instead of its reply, and the API answers 429. Before the limit, one
+/// socket could make every member of a room receive as fast as it sent.
+#[tokio::test]
+async fn an_app_over_its_broadcast_rate_sends_nothing_and_says_so() {
+    let server = TestServer::with_config(&config("broadcasts_per_second = 1")).await;
+    let mut other = joined(&server, "fixture:loud").await;
+    let mut loud = joined(&server, "fixture:loud").await;
+    let heard = r#"[null,null,"fixture:loud","big",{"data":"x"}]"#;
+    for n in 2..4 {
+        loud.send(&format!(
+            r#"["1","{n}","fixture:loud","big_broadcast",{{"bytes":1}}]"#
+        ))
+        .await;
+        loud.expect(heard).await;
+        loud.expect(&format!(
+            r#"["1","{n}","fixture:loud","phx_reply",{{"response":{{}},"status":"ok"}}]"#
+        ))
+        .await;
+        other.expect(heard).await;
+    }
+    // The burst (2) is spent; the next token is a second away.
+    loud.call(
+        r#"["1","4","fixture:loud","big_broadcast",{"bytes":1}]"#,
+        r#"["1","4","fixture:loud","phx_reply",{"response":{"reason":"rate limited"},"status":"error"}]"#,
+    )
+    .await;
+    let api = json!({"topic": "fixture:loud", "event": "big", "payload": {"data": "x"}});
+    let (status, body) = post(&server, "/api/apps/demo/broadcast", api.to_string()).await;
+    assert_eq!(status, 429, "{body}");
+    other.expect_silence().await;
     server.stop().await;
 }

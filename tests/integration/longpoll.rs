@@ -335,7 +335,7 @@ async fn a_session_without_polls_expires_and_its_channels_terminate() {
         &roost_host::protocol::Payload::empty(),
         None,
     );
-    assert_eq!(reached, 1, "only the WebSocket subscriber is left");
+    assert_eq!(reached, Ok(1), "only the WebSocket subscriber is left");
     // The expired session's presence left the room with it.
     ws.expect_masked(
         &mut refs,
@@ -375,7 +375,7 @@ async fn a_thousand_sessions_wait_and_all_get_a_broadcast() {
         &roost_host::protocol::Payload::json_raw(r#"{"n":1}"#),
         None,
     );
-    assert_eq!(reached, sessions);
+    assert_eq!(reached, Ok(sessions));
     for poll in waiting {
         assert_eq!(
             poll.await.expect("poll"),

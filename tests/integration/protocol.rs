@@ -436,7 +436,7 @@ async fn idle_means_nothing_inbound_even_while_broadcasts_flow_out() {
     let payload = roost_host::protocol::Payload::empty();
     let started = std::time::Instant::now();
     let close = loop {
-        app.broadcast("room:idle", "tick", &payload, None);
+        let _ = app.broadcast("room:idle", "tick", &payload, None);
         match tokio::time::timeout(std::time::Duration::from_millis(100), c.next_message()).await {
             Ok(Some(Message::Close(frame))) => break frame,
             Ok(None) => panic!("closed without a close frame"),

@@ -186,7 +186,7 @@ async fn a_slow_consumer_is_disconnected_and_memory_stays_bounded() {
     let chunk = format!(r#"{{"body":"{}"}}"#, "x".repeat(64 * 1024));
     let payload = roost_host::protocol::Payload::from_json_text(chunk).expect("json");
     for _ in 0..1024 {
-        app.broadcast("room:flood", "new_msg", &payload, None);
+        let _ = app.broadcast("room:flood", "new_msg", &payload, None);
         if app.socket_count() == 1 {
             break;
         }

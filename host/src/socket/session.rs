@@ -188,7 +188,7 @@ impl Session {
             Verdict::Pass => Self::oversized(&message, limits),
             Verdict::Refuse => {
                 self.app.metrics().rate_limited(join);
-                Some(Payload::json_raw(r#"{"reason":"rate limited"}"#))
+                Some(rate_limited())
             }
             Verdict::Close => return Err(Close::RateLimited),
         };
@@ -443,6 +443,8 @@ impl Session {
                     },
                 );
                 // After the table entry: a timer the join set belongs to it.
+                // (A broadcast over the app's rate is dropped: the join's
+                // reply has gone.)
                 self.apply(&topic, &channel_ref, effects);
             }
             // A refused join never existed: what it pushed, broadcast or
@@ -526,8 +528,13 @@ impl Session {
                 return self.end(topic, Ending::Crashed).await;
             }
         };
-        self.apply(topic, &join_ref, effects);
+        let broadcast_refused = self.apply(topic, &join_ref, effects);
         if let (Some((status, response)), ReplyTo::Message(ref_)) = (outcome.reply, reply_to) {
+            // The client learns that what it sent did not go out.
+            let (status, response) = match broadcast_refused {
+                true => (event::ERROR.to_owned(), rate_limited()),
+                false => (status, response),
+            };
             self.send(reply(
                 join_ref.clone(),
                 ref_,
@@ -608,7 +615,9 @@ impl Session {
         // No owner: the channel is gone, so it can neither track nor set timers.
         let ctx = self.call_context(topic, &joined.assigns, None, Vec::new());
         match plugin.terminate(ctx, reason).await {
-            Ok(called) => self.apply(topic, &joined.join_ref, called.effects),
+            Ok(called) => {
+                self.apply(topic, &joined.join_ref, called.effects);
+            }
             Err(error) => self.log_failure(topic, &joined.slot, "terminate", &error),
         }
     }
@@ -630,7 +639,10 @@ impl Session {
     }
 
     /// Applies effects in call order, on behalf of the channel `topic`.
-    fn apply(&mut self, topic: &str, join_ref: &Option<String>, effects: Vec<Effect>) {
+    /// Returns whether a broadcast was refused for the app's rate (and
+    /// dropped; the others still apply).
+    fn apply(&mut self, topic: &str, join_ref: &Option<String>, effects: Vec<Effect>) -> bool {
+        let mut broadcast_refused = false;
         for effect in effects {
             match effect {
                 Effect::Push { event, payload } => self.send(Outbound::Push {
@@ -649,7 +661,7 @@ impl Session {
                     // broadcast_from skips the sending channel, which is
                     // subscribed to its own topic only.
                     let except = (exclude_self && to == topic).then_some(self.socket);
-                    self.app.broadcast(&to, &event, &payload, except);
+                    broadcast_refused |= self.app.broadcast(&to, &event, &payload, except).is_err();
                 }
                 Effect::PresenceDiff { topic, diff } => self.app.presence_changed(&topic, diff),
                 Effect::SendAfter { id, delay, message } => {
@@ -691,6 +703,7 @@ impl Session {
                 }
             }
         }
+        broadcast_refused
     }
 
     /// Drops effects that will never apply, giving back the timer places
@@ -815,6 +828,11 @@ fn reply(
         status: status.to_owned(),
         response,
     }
+}
+
+/// The response of a reply refused for a rate.
+fn rate_limited() -> Payload {
+    Payload::json_raw(r#"{"reason":"rate limited"}"#)
 }
 
 /// The error reply for a topic with no route or no joined channel; its

@@ -685,6 +685,7 @@ fn limit_lines(limits: &[String]) -> String {
     let raised = [
         ("messages_per_second", "1000000"),
         ("joins_per_second", "1000000"),
+        ("broadcasts_per_second", "1000000"),
     ];
     raised
         .into_iter()

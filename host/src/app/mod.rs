@@ -3,8 +3,9 @@
 //! Apps share the server and nothing else: topics, broadcasts, presences and
 //! plugin instances are per app.
 //!
-//! [`App::broadcast`] is the one way to broadcast (plugins, presence diffs
-//! and the HTTP API all go through it): it decides here, from the topic's
+//! [`App::broadcast`] is the one way to broadcast (plugins and the HTTP API
+//! go through it, within the app's broadcast rate; presence diffs through
+//! its unlimited half, `publish`): it decides here, from the topic's
 //! route, whether the event takes the fastlane or each subscriber's
 //! `handle_out`, delivers to this node's subscribers, and hands the event to
 //! the app's broker for the other nodes of a cluster. What other nodes
@@ -28,6 +29,14 @@ use crate::pubsub::{Delivery, Inbound, PubSub, RedisBroker};
 use crate::runtime::{Compiled, Plugin, PluginSlot, Runtime, TimerBudget};
 use crate::storage::{Kv, Quotas, Storage};
 
+mod rate;
+
+use rate::BroadcastRate;
+
+/// A broadcast refused: the app is over `limits.broadcasts_per_second`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimited;
+
 pub struct App {
     name: Arc<str>,
     pubsub: PubSub,
@@ -46,6 +55,8 @@ pub struct App {
     /// Presence changes waiting for the end of their batch window, by
     /// topic (see [`App::presence_changed`]).
     presence_batch: Mutex<HashMap<String, Diff>>,
+    /// Broadcasts the app may still make (`limits.broadcasts_per_second`).
+    broadcast_rate: BroadcastRate,
     /// The app's counters and gauges, resolved once.
     metrics: AppMetrics,
 }
@@ -187,6 +198,7 @@ impl App {
         pubsub: PubSub,
         presence: Presence,
     ) -> Self {
+        let broadcast_rate = BroadcastRate::new(state.config.limits.broadcasts_per_second);
         Self {
             name: name.into(),
             pubsub,
@@ -197,6 +209,7 @@ impl App {
             channels: AtomicUsize::new(0),
             timers: Arc::default(),
             presence_batch: Mutex::default(),
+            broadcast_rate,
             metrics,
         }
     }
@@ -341,7 +354,7 @@ impl App {
         }
         let window = self.state.load().config.limits.presence_batch();
         if window.is_zero() {
-            self.broadcast(topic, event::PRESENCE_DIFF, &diff.to_payload(), None);
+            self.publish(topic, event::PRESENCE_DIFF, &diff.to_payload(), None);
             return;
         }
         let opens_a_batch = {
@@ -373,7 +386,7 @@ impl App {
         );
         for (topic, diff) in batch {
             if !diff.is_empty() {
-                self.broadcast(&topic, event::PRESENCE_DIFF, &diff.to_payload(), None);
+                self.publish(&topic, event::PRESENCE_DIFF, &diff.to_payload(), None);
             }
         }
     }
@@ -382,14 +395,26 @@ impl App {
     /// `except`, which is this node's), through `handle_out` when the
     /// topic's plugin intercepts the event, then to the other nodes' (all
     /// of them: `except` is a socket here). Returns how many of this node's
-    /// subscribers it reached.
+    /// subscribers it reached, or `Err` when the app is over its broadcast
+    /// rate (counted; nothing is sent).
     pub fn broadcast(
         &self,
         topic: &str,
         event: &str,
         payload: &Payload,
         except: Option<u64>,
-    ) -> usize {
+    ) -> Result<usize, RateLimited> {
+        let per_second = self.state.load().config.limits.broadcasts_per_second;
+        if !self.broadcast_rate.take(&self.name, per_second) {
+            self.metrics.broadcast_rate_limited();
+            return Err(RateLimited);
+        }
+        Ok(self.publish(topic, event, payload, except))
+    }
+
+    /// [`broadcast`](Self::broadcast) past the rate: presence diffs, which
+    /// are batched instead.
+    fn publish(&self, topic: &str, event: &str, payload: &Payload, except: Option<u64>) -> usize {
         let delivery = self.delivery(topic, event);
         let reached = self
             .pubsub
