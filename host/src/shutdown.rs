@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
-use tokio_util::task::task_tracker::TrackedFuture;
 
 /// Cheap to clone; clones share the token and the tracker.
 #[derive(Clone, Default)]
@@ -27,11 +26,6 @@ impl Shutdown {
         F: Future<Output = ()> + Send + 'static,
     {
         self.tracker.spawn(task);
-    }
-
-    /// Wraps a future so that shutdown waits for it too.
-    pub fn track<F: Future>(&self, task: F) -> TrackedFuture<F> {
-        self.tracker.track_future(task)
     }
 
     /// Resolves once shutdown has begun.

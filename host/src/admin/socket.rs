@@ -55,7 +55,10 @@ pub fn upgrade(
     upgrade
         .protocols(["phoenix"])
         .max_message_size(MAX_FRAME)
-        .on_upgrade(move |ws| shutdown.track(run(admin, ws, serializer, token, permit)))
+        .on_upgrade(move |ws| {
+            shutdown.spawn(run(admin, ws, serializer, token, permit));
+            std::future::ready(())
+        })
 }
 
 /// One admin socket, until the client goes, idles, or the server stops.

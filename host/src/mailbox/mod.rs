@@ -222,12 +222,14 @@ impl Mailbox {
         into.extend(state.commands.drain(..));
     }
 
-    /// Moves every queued frame into `into`.
+    /// Moves every queued frame into `into`. The queue's storage goes
+    /// with them: an idle socket's mailbox holds none (~160 bytes a socket
+    /// kept otherwise, against one allocation per batch).
     pub fn take_frames(&self, into: &mut Vec<WireFrame>) {
         let mut state = self.lock();
         let bytes: usize = state.frames.iter().map(WireFrame::len).sum();
         state.bytes -= bytes;
-        into.extend(state.frames.drain(..));
+        into.extend(std::mem::take(&mut state.frames));
     }
 
     /// Bytes queued in both lanes now.

@@ -12,6 +12,7 @@
 //! flush, then the next event awaited — and guest code runs only from the
 //! session's handlers, never from a transport's write path.
 
+mod channels;
 mod rate;
 mod session;
 #[cfg(test)]
@@ -157,8 +158,11 @@ async fn flush<C: Connection>(
         session.app().metrics().messages_out(frames.len());
         // A write that completes at once (the usual case) never arms the
         // timer: `timeout` polls its future first.
+        // Taken, so the batch's storage is freed once written, as the
+        // mailbox's is: an idle socket holds no buffer for frames.
+        let batch = std::mem::take(frames);
         let written = async {
-            for frame in frames.drain(..) {
+            for frame in batch {
                 conn.feed(Outgoing::Frame(frame)).await?;
             }
             conn.flush().await

@@ -40,6 +40,7 @@ use crate::protocol::{self, Message, Outbound, Payload, Serializer, event};
 use crate::pubsub::Subscriber;
 use crate::runtime::{CallContext, Called, Effect, Outcome, PluginError, PluginSlot};
 
+use super::channels::Channels;
 use super::rate::{Rates, Verdict};
 
 /// Source of server-unique socket numbers, used to tell subscribers apart.
@@ -116,7 +117,7 @@ pub struct Session {
     /// Verified token claims as a JSON object.
     claims: Arc<str>,
     mailbox: Mailbox,
-    channels: HashMap<String, Joined>,
+    channels: Channels<Joined>,
     /// Every channel's pending timers, made on the socket's first timer
     /// (an idle socket holds none).
     timers: Option<Box<DelayQueue<Fired>>>,
@@ -149,7 +150,7 @@ impl Session {
             socket_id: socket_id.map(Into::into),
             claims: claims.into(),
             mailbox,
-            channels: HashMap::new(),
+            channels: Channels::default(),
             timers: None,
             due: VecDeque::new(),
             rates,
