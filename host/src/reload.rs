@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -33,12 +33,11 @@ use crate::shutdown::Shutdown;
 /// 100 ms write-to-serving budget to compiling.
 const DEBOUNCE: Duration = Duration::from_millis(10);
 
-/// Starts watching `config` (if the server was started from a file) and
-/// every plugin file of every app, on a task that ends with the server.
-pub fn watch(apps: Apps, shutdown: Shutdown, config: Option<PathBuf>) -> anyhow::Result<()> {
-    let (events, mut changed) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Our own reads of a file show up as access events: not changes.
+/// A watcher that sends the path of every change it sees to `events`.
+/// Reads (ours of a plugin file, a compiler's of a source) show up as
+/// access events: not changes. Also `roost dev`'s source watcher.
+pub fn changes_to(events: mpsc::UnboundedSender<PathBuf>) -> notify::Result<RecommendedWatcher> {
+    notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         let read_only = matches!(
             event.kind,
@@ -59,7 +58,13 @@ pub fn watch(apps: Apps, shutdown: Shutdown, config: Option<PathBuf>) -> anyhow:
             }
         }
     })
-    .context("starting the file watcher")?;
+}
+
+/// Starts watching `config` (if the server was started from a file) and
+/// every plugin file of every app, on a task that ends with the server.
+pub fn watch(apps: Apps, shutdown: Shutdown, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let (events, mut changed) = mpsc::unbounded_channel();
+    let mut watcher = changes_to(events).context("starting the file watcher")?;
     let mut watched = BTreeSet::new();
     rewatch(&apps, config.as_deref(), &mut watcher, &mut watched);
 

@@ -34,8 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::{RecursiveMode, Watcher};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -145,29 +144,7 @@ impl Dev {
     /// than its file. Returns how many builds that starts.
     pub fn start(self, apps: Apps, shutdown: Shutdown) -> anyhow::Result<usize> {
         let (events, changed) = mpsc::unbounded_channel();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let Ok(event) = event else { return };
-            // Reads (ours, the compiler's) are not changes.
-            let read_only = matches!(
-                event.kind,
-                EventKind::Access(
-                    AccessKind::Open(_)
-                        | AccessKind::Read
-                        | AccessKind::Close(
-                            AccessMode::Read
-                                | AccessMode::Execute
-                                | AccessMode::Any
-                                | AccessMode::Other
-                        )
-                )
-            );
-            if !read_only {
-                for path in event.paths {
-                    let _ = events.send(path);
-                }
-            }
-        })
-        .context("starting the source watcher")?;
+        let watcher = reload::changes_to(events).context("starting the source watcher")?;
         let mut watching = Watching {
             apps,
             shutdown: shutdown.clone(),
